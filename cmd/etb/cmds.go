@@ -1,0 +1,327 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/etbproject/etb/action"
+	"github.com/etbproject/etb/gateway"
+	"github.com/etbproject/etb/lineage"
+	"github.com/etbproject/etb/policy"
+	"github.com/etbproject/etb/proof"
+)
+
+func newInitCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "init",
+		Short: "Create the etb home (config, signing keys, default policy, ledger)",
+		Long: `Init creates the home directory if it does not exist: config.json, Ed25519
+keys for grants and for log checkpoints (keys/, mode 0600), the documented
+default policy (policy.yaml) and the SQLite ledger (etb.db). It never
+overwrites anything; every other command runs it on first use.`,
+		Args: usageArgs(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			dir, err := g.homeDir()
+			if err != nil {
+				return err
+			}
+			created, err := gateway.Home{Dir: dir}.Init(cmd.Context())
+			if err != nil {
+				return err
+			}
+			gw, err := gateway.Open(cmd.Context(), dir, gateway.Options{})
+			if err != nil {
+				return err
+			}
+			defer gw.Close()
+			if created {
+				fmt.Fprintf(cmd.OutOrStdout(), "initialised %s\n  policy: %s (%s)\n", dir, gateway.Home{Dir: dir}.PolicyPath(), gw.Policy().Hash())
+			} else {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s is already initialised\n", dir)
+			}
+			return nil
+		},
+	}
+}
+
+func newTrustCmd(g *globals) *cobra.Command {
+	c := &cobra.Command{Use: "trust", Short: "Export the public keys a verifier needs"}
+	c.AddCommand(&cobra.Command{
+		Use:   "export",
+		Short: "Print the trust file (etb.trust/v1): log checkpoint key, grant keys, issuer, enforcer",
+		Long: `Export prints the trust file of this home as JSON. It holds only public
+keys: the log's checkpoint verifier key in signed-note form
+("<name>+<hash>+<base64>", usable by any note verifier), the grant signing
+keys by key id, and the issuer and enforcer identities. Give it to whoever
+verifies evidence: etb verify BUNDLE --trust trust.json`,
+		Args: usageArgs(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			gw, err := g.open(cmd.Context(), "")
+			if err != nil {
+				return err
+			}
+			defer gw.Close()
+			t, err := gw.Trust()
+			if err != nil {
+				return err
+			}
+			return writeJSON("-", t)
+		},
+	})
+	return c
+}
+
+func newVerifyCmd() *cobra.Command {
+	var trustPath string
+	var quiet bool
+	c := &cobra.Command{
+		Use:   "verify BUNDLE --trust TRUST",
+		Short: "Verify an evidence bundle offline",
+		Long: `Verify checks an evidence bundle (etb.bundle/v1) with nothing but the public
+keys in a trust file: the checkpoint signature, the inclusion proof of every
+event, the event hash chain and lifecycle order (no start without a durable
+permit and grant), the grant's signature and its binding to the recorded
+action, policy, caller and execution, and it re-derives the decision by
+evaluating the bundled policy on the recorded input.
+
+Exit status: 0 valid; 1 invalid (the first failing check is named);
+2 usage error or unreadable input.`,
+		Example: `  etb trust export > trust.json
+  etb verify out.json --trust trust.json`,
+		Args: usageArgs(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if trustPath == "" {
+				return usageError("--trust is required: the trust file from 'etb trust export'")
+			}
+			b, err := readWith(args[0], proof.ParseBundle)
+			if err != nil {
+				return usageError("%v", err)
+			}
+			t, err := readWith(trustPath, proof.ParseTrust)
+			if err != nil {
+				return usageError("%v", err)
+			}
+			rep, err := proof.Verify(cmd.Context(), b, t)
+			if err != nil {
+				return &exitError{code: 1, msg: "INVALID: " + err.Error()}
+			}
+			if !quiet {
+				w := cmd.OutOrStdout()
+				fmt.Fprintf(w, "VALID execution %s: %d events under checkpoint of size %d\n", rep.Execution, rep.Events, rep.CheckpointSize)
+				fmt.Fprintf(w, "  decision %s by %s; outcome %s\n", rep.Decision, strings.Join(rep.Rules, ","), rep.Outcome)
+				for _, c := range rep.Checks {
+					fmt.Fprintf(w, "  ok  %s\n", c)
+				}
+			}
+			return nil
+		},
+	}
+	c.Flags().StringVar(&trustPath, "trust", "", "trust file (from 'etb trust export')")
+	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "print nothing when valid")
+	return c
+}
+
+func readWith[T any](path string, parse func(io.Reader) (T, error)) (T, error) {
+	var zero T
+	f, err := os.Open(path)
+	if err != nil {
+		return zero, err
+	}
+	defer f.Close()
+	v, err := parse(f)
+	if err != nil {
+		return zero, fmt.Errorf("%s: %w", path, err)
+	}
+	return v, nil
+}
+
+func newLogCmd(g *globals) *cobra.Command {
+	var limit int
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "log",
+		Short: "List recent executions (time, agent, action, decision, rule, outcome)",
+		Args:  usageArgs(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			gw, err := g.open(cmd.Context(), "")
+			if err != nil {
+				return err
+			}
+			defer gw.Close()
+			list, err := gw.List(cmd.Context(), limit)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON("-", list)
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 2, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "EXECUTION\tTIME\tAGENT\tACTION\tDECISION\tRULE\tOUTCOME")
+			for _, s := range list {
+				t, _ := time.Parse(time.RFC3339Nano, s.Time)
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s %s %s\t%s\t%s\t%s\n", lineage.ShortID(s.ID), t.Local().Format("2006-01-02 15:04:05"),
+					s.Agent, s.Kind, s.Name, s.Args, s.Decision, s.Rules, s.Outcome)
+			}
+			return w.Flush()
+		},
+	}
+	c.Flags().IntVarP(&limit, "limit", "n", 20, "how many executions")
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	show := &cobra.Command{
+		Use:   "show EXEC_ID",
+		Short: "Print one execution's events (the id may be a unique prefix)",
+		Args:  usageArgs(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			gw, err := g.open(cmd.Context(), "")
+			if err != nil {
+				return err
+			}
+			defer gw.Close()
+			id, err := gw.ResolveID(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			events, idx, err := gw.Events(cmd.Context(), id)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON("-", events)
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "execution %s (task %s)\n", id, events[0].Task)
+			for i, e := range events {
+				fmt.Fprintf(w, "  #%d seq %d %-9s %s %s\n      %s\n", idx[i], e.Seq, e.Type, e.Time, e.Actor, e.Body)
+			}
+			return nil
+		},
+	}
+	show.Flags().BoolVar(&asJSON, "json", false, "print the events as JSON")
+	c.AddCommand(show)
+	return c
+}
+
+func newEvidenceCmd(g *globals) *cobra.Command {
+	var out string
+	c := &cobra.Command{
+		Use:   "evidence EXEC_ID",
+		Short: "Write the evidence bundle (etb.bundle/v1) of an execution",
+		Args:  usageArgs(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			gw, err := g.open(cmd.Context(), "")
+			if err != nil {
+				return err
+			}
+			defer gw.Close()
+			id, err := gw.ResolveID(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			b, err := gw.Evidence(cmd.Context(), id)
+			if err != nil {
+				return err
+			}
+			return writeJSON(out, b)
+		},
+	}
+	c.Flags().StringVarP(&out, "output", "o", "-", "file to write (- for stdout)")
+	return c
+}
+
+func newPolicyCmd() *cobra.Command {
+	c := &cobra.Command{Use: "policy", Short: "Test and evaluate policy files"}
+	c.AddCommand(&cobra.Command{
+		Use:   "test POLICY_FILE",
+		Short: "Load a policy (type-check, cost bound, hash) and run its tests:",
+		Long:  "Test loads the policy file, rejecting it if any rule fails to type-check or exceeds the cost budget, prints its bundle hash, and runs every case under tests:. Exit status 1 if any test fails.",
+		Args:  usageArgs(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			b, err := loadPolicy(args[0])
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "policy %s %s\n", b.Name(), b.Hash())
+			results := b.RunTests(cmd.Context())
+			failed := 0
+			for _, r := range results {
+				if r.Pass {
+					fmt.Fprintf(w, "PASS %s\n", r.Name)
+					continue
+				}
+				failed++
+				fmt.Fprintf(w, "FAIL %s: %s\n", r.Name, r.Detail)
+			}
+			fmt.Fprintf(w, "%d passed, %d failed\n", len(results)-failed, failed)
+			if failed > 0 {
+				return &exitError{code: 1}
+			}
+			return nil
+		},
+	})
+	var input string
+	eval := &cobra.Command{
+		Use:   "eval POLICY_FILE --input ACTION_JSON",
+		Short: "Evaluate a policy on an action: decision, rules and explanation",
+		Long: `Eval evaluates the policy on an etb.action/v1 document (missing fields take
+their zero values) and prints the decision record and, per candidate rule,
+whether it matched or failed. Exit status 0 whatever the decision; 2 if the
+input cannot be read.`,
+		Args: usageArgs(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if input == "" {
+				return usageError("--input is required: a JSON etb.action/v1 document ('-' for stdin)")
+			}
+			b, err := loadPolicy(args[0])
+			if err != nil {
+				return err
+			}
+			var raw []byte
+			if input == "-" {
+				raw, err = io.ReadAll(os.Stdin)
+			} else {
+				raw, err = os.ReadFile(input)
+			}
+			if err != nil {
+				return usageError("%v", err)
+			}
+			a, err := action.Parse(raw)
+			if err != nil {
+				return usageError("%s: %v", input, err)
+			}
+			d, trace := b.Explain(cmd.Context(), a)
+			out := struct {
+				Decision policy.Decision `json:"decision"`
+				Trace    []policy.Trace  `json:"explanation"`
+			}{d, trace}
+			enc := json.NewEncoder(cmd.OutOrStdout())
+			enc.SetIndent("", "  ")
+			return enc.Encode(out)
+		},
+	}
+	eval.Flags().StringVar(&input, "input", "", "action JSON file ('-' for stdin)")
+	c.AddCommand(eval)
+	return c
+}
+
+func loadPolicy(path string) (*policy.Bundle, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return nil, usageError("%v", err)
+	}
+	b, err := policy.Load(src)
+	if err != nil {
+		return nil, &exitError{code: 1, msg: fmt.Sprintf("%s: %v", path, err)}
+	}
+	return b, nil
+}
+
+var _ = errors.New

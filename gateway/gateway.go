@@ -1,0 +1,319 @@
+// Package gateway is the governed-execution pipeline: the seven lifecycle
+// phases (intent → policy → authorization → boundary active → governed
+// execution → continuous verification → proof persisted) as one sequence of
+// calls, used in-process by `etb run` (embedded mode).
+//
+// It owns the order of the phases and their durability: the intent, the
+// decision and, for a permit, the grant are appended to the ledger in one
+// durable batch before Begin returns, so nothing can start before its
+// authorization is on disk. It must never hand out a grant for a decision
+// that is not a permit, never let an error become a permit, and never keep a
+// raw token in the ledger (only its hash; the token goes to the evidence).
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/etbproject/etb/action"
+	"github.com/etbproject/etb/grant"
+	"github.com/etbproject/etb/ledger"
+	"github.com/etbproject/etb/lineage"
+	"github.com/etbproject/etb/policy"
+)
+
+// Gateway holds the open home: policy, signing keys, ledger and indexes.
+type Gateway struct {
+	home     Home
+	cfg      Config
+	db       *sql.DB
+	log      *ledger.Log
+	policy   *policy.Bundle
+	issuer   *grant.Issuer
+	verifier *grant.Verifier
+	grantPub ed25519.PublicKey
+	logPub   ed25519.PublicKey
+	now      func() time.Time
+}
+
+// Options adjust Open. The zero value is the embedded default.
+type Options struct {
+	// PolicyPath overrides the home's policy.yaml.
+	PolicyPath string
+	// Now overrides the clock (tests).
+	Now func() time.Time
+}
+
+// Open opens (and on first use initialises) the home at dir.
+func Open(ctx context.Context, dir string, opt Options) (*Gateway, error) {
+	h := Home{Dir: dir}
+	if _, err := h.Init(ctx); err != nil {
+		return nil, err
+	}
+	cfg, err := h.LoadConfig()
+	if err != nil {
+		return nil, err
+	}
+	polPath := opt.PolicyPath
+	if polPath == "" {
+		polPath = h.PolicyPath()
+	}
+	src, err := os.ReadFile(polPath)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: read policy: %w", err)
+	}
+	pol, err := policy.Load(src)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: policy %s: %w", polPath, err)
+	}
+	grantKey, logKey, err := h.keys()
+	if err != nil {
+		return nil, err
+	}
+	now := opt.Now
+	if now == nil {
+		now = time.Now
+	}
+	db, err := ledger.OpenSQLite(ctx, h.DBPath())
+	if err != nil {
+		return nil, err
+	}
+	g := &Gateway{home: h, cfg: cfg, db: db, policy: pol, now: now,
+		grantPub: grantKey.Public().(ed25519.PublicKey), logPub: logKey.Public().(ed25519.PublicKey)}
+	fail := func(err error) (*Gateway, error) { g.Close(); return nil, err }
+	if err := g.createIndex(ctx); err != nil {
+		return fail(err)
+	}
+	if err := g.rememberPolicy(ctx, pol); err != nil {
+		return fail(err)
+	}
+	replay, err := grant.NewSQLiteReplayStore(ctx, db)
+	if err != nil {
+		return fail(err)
+	}
+	signer, err := ledger.NewSigner(cfg.LogOrigin, logKey)
+	if err != nil {
+		return fail(err)
+	}
+	st, err := ledger.NewSQLiteStorage(ctx, db)
+	if err != nil {
+		return fail(err)
+	}
+	if g.log, err = ledger.New(ctx, st, signer, cfg.LogOrigin); err != nil {
+		return fail(err)
+	}
+	g.issuer = grant.NewIssuer(grantKey, cfg.Issuer, cfg.GrantTTL.D(), now)
+	g.verifier = grant.NewVerifier(map[string]ed25519.PublicKey{grant.KeyID(g.grantPub): g.grantPub}, replay, cfg.ClockSkew.D(), now)
+	return g, nil
+}
+
+// Close releases the ledger and the database.
+func (g *Gateway) Close() error {
+	var errs []error
+	if g.log != nil {
+		errs = append(errs, g.log.Close())
+	}
+	if g.db != nil {
+		errs = append(errs, g.db.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Config returns the home's configuration.
+func (g *Gateway) Config() Config { return g.cfg }
+
+// Policy returns the loaded policy bundle.
+func (g *Gateway) Policy() *policy.Bundle { return g.policy }
+
+// Log returns the ledger.
+func (g *Gateway) Log() *ledger.Log { return g.log }
+
+// Verifier returns the enforcer-side grant verifier (with the persistent
+// replay store).
+func (g *Gateway) Verifier() *grant.Verifier { return g.verifier }
+
+// LogVerifier returns the note verifier of the log's checkpoints.
+func (g *Gateway) LogVerifier() (note.Verifier, error) {
+	vkey, err := ledger.VerifierKey(g.cfg.LogOrigin, g.logPub)
+	if err != nil {
+		return nil, err
+	}
+	return note.NewVerifier(vkey)
+}
+
+// NewID returns a fresh random identifier (128 bits, hex).
+func NewID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand never fails on Linux ≥ 3.17
+	}
+	return hex.EncodeToString(b[:])
+}
+
+// Execution is one governed execution after its decision.
+type Execution struct {
+	g        *Gateway
+	ID       string
+	Action   action.Action
+	Digest   string
+	Decision policy.Decision
+	// Token and Claims are set only for a permit.
+	Token  string
+	Claims *grant.Claims
+	chain  *lineage.Chain
+}
+
+// Begin runs phases 1–3: it records the intent, evaluates the policy,
+// issues a grant for a permit, and makes all of it durable in one ledger
+// batch. The returned execution carries the decision; a non-permit decision
+// is not an error. An error means nothing was authorized and nothing may run.
+func (g *Gateway) Begin(ctx context.Context, a *action.Action) (*Execution, error) {
+	in := *a
+	if err := in.Normalize(); err != nil {
+		return nil, err
+	}
+	if in.ID == "" {
+		in.ID = NewID()
+	}
+	if in.Time == "" {
+		in.Time = action.FormatTime(g.now())
+	}
+	if in.Task.ID == "" {
+		in.Task.ID = in.ID
+	}
+	if in.Task.RootID == "" {
+		in.Task.RootID = in.Task.ID
+	}
+	digest, err := in.Action.Digest()
+	if err != nil {
+		return nil, err
+	}
+	ex := &Execution{g: g, ID: in.ID, Action: in, Digest: digest,
+		chain: lineage.NewChain(in.ID, in.Task.ID, in.Task.ParentID)}
+
+	var entries [][]byte
+	var events []*lineage.Event
+	add := func(typ, actor string, body any) error {
+		e, b, err := ex.chain.Next(typ, actor, action.FormatTime(g.now()), body)
+		if err != nil {
+			return err
+		}
+		events, entries = append(events, e), append(entries, b)
+		return nil
+	}
+	if err := add(lineage.TypeIntent, in.Principal.ID, lineage.IntentBody{Action: in, ActionDigest: digest}); err != nil {
+		return nil, err
+	}
+	ex.Decision = g.policy.Evaluate(ctx, &in)
+	if err := add(lineage.TypeDecision, g.cfg.Issuer, ex.Decision); err != nil {
+		return nil, err
+	}
+	if ex.Decision.Decision == policy.Permit {
+		token, claims, err := g.issuer.Issue(grant.Claims{
+			Subject: in.Principal.ID, Audience: g.cfg.Enforcer, Txn: in.Task.RootID,
+			ADG: digest, Pol: ex.Decision.Policy.BundleHash, Obl: ex.Decision.Obligations, Execution: in.ID,
+		})
+		if err != nil {
+			// The permit stands in the record, but without a grant nothing
+			// can run: record why and refuse.
+			err = fmt.Errorf("gateway: issue grant: %w", err)
+			if aerr := add(lineage.TypeInterrupt, g.cfg.Issuer, lineage.InterruptBody{Reason: "grant_failed", Detail: err.Error()}); aerr == nil {
+				g.append(ctx, ex, events, entries)
+			}
+			return nil, err
+		}
+		ex.Token, ex.Claims = token, &claims
+		if err := add(lineage.TypeGrant, g.cfg.Issuer, lineage.GrantBody{
+			JTI: claims.ID, TokenSHA256: grant.TokenHash(token), ADG: claims.ADG, Pol: claims.Pol,
+			Aud: claims.Audience, Exp: claims.Expiry,
+		}); err != nil {
+			return nil, err
+		}
+	}
+	if err := g.append(ctx, ex, events, entries); err != nil {
+		return nil, err
+	}
+	return ex, nil
+}
+
+// Record appends one event of the execution (start, end, interrupt, …) and
+// returns once it is durable.
+func (ex *Execution) Record(ctx context.Context, typ string, body any) error {
+	e, b, err := ex.chain.Next(typ, ex.g.cfg.Enforcer, action.FormatTime(ex.g.now()), body)
+	if err != nil {
+		return err
+	}
+	return ex.g.append(ctx, ex, []*lineage.Event{e}, [][]byte{b})
+}
+
+// Authorize verifies the execution's grant as the enforcer must before it
+// starts anything: signature, type, algorithm, time, audience, the action
+// digest recomputed from what is about to run, and single use.
+func (ex *Execution) Authorize(ctx context.Context, recomputedDigest string) error {
+	if ex.Token == "" {
+		return fmt.Errorf("gateway: execution %s has no grant (decision %s)", ex.ID, ex.Decision.Decision)
+	}
+	_, err := ex.g.verifier.Verify(ctx, ex.Token, grant.Expect{Audience: ex.g.cfg.Enforcer, ADG: recomputedDigest})
+	return err
+}
+
+// append writes events durably to the ledger, then updates the local
+// indexes. The ledger is the record; the indexes only find things in it.
+func (g *Gateway) append(ctx context.Context, ex *Execution, events []*lineage.Event, entries [][]byte) error {
+	first, err := g.log.Append(ctx, entries...)
+	if err != nil {
+		return fmt.Errorf("gateway: ledger append for execution %s: %w", ex.ID, err)
+	}
+	return g.index(ctx, ex, events, first)
+}
+
+// Summary is one execution as `etb log` shows it.
+type Summary struct {
+	ID, Time, Agent, Kind, Name, Args, Decision, Rules, Outcome, Task string
+}
+
+func summarize(a action.Action) string {
+	args, _ := json.Marshal(a.Action.Args)
+	s := string(args)
+	if len(s) > 60 {
+		s = s[:57] + "..."
+	}
+	return s
+}
+
+// outcomeOf maps an event to the outcome shown by `etb log`.
+func outcomeOf(e *lineage.Event) string {
+	switch e.Type {
+	case lineage.TypeStart:
+		return "running"
+	case lineage.TypeEnd:
+		var b lineage.EndBody
+		if json.Unmarshal(e.Body, &b) == nil {
+			if b.Signal != "" {
+				return "signal " + b.Signal
+			}
+			return fmt.Sprintf("exit %d", b.ExitCode)
+		}
+	case lineage.TypeInterrupt:
+		var b lineage.InterruptBody
+		if json.Unmarshal(e.Body, &b) == nil {
+			return "interrupted: " + b.Reason
+		}
+	}
+	return ""
+}
+
+var _ = bytes.Equal
+var _ = strings.Join

@@ -1,0 +1,189 @@
+package gateway
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/etbproject/etb/lineage"
+	"github.com/etbproject/etb/policy"
+)
+
+// The index tables find executions and their events in the ledger, and keep
+// what the evidence bundle needs beside the ledger (grant tokens, policy
+// sources). They are not the record: every fact in them is checked against
+// the ledger when evidence is built and again by the verifier.
+const indexSchema = `
+CREATE TABLE IF NOT EXISTS etb_executions(
+	id TEXT PRIMARY KEY, time TEXT NOT NULL, agent TEXT NOT NULL, task TEXT NOT NULL,
+	kind TEXT NOT NULL, name TEXT NOT NULL, args TEXT NOT NULL,
+	decision TEXT NOT NULL DEFAULT '', rules TEXT NOT NULL DEFAULT '', outcome TEXT NOT NULL DEFAULT '');
+CREATE INDEX IF NOT EXISTS etb_executions_time ON etb_executions(time);
+CREATE TABLE IF NOT EXISTS etb_events(
+	execution TEXT NOT NULL, seq INTEGER NOT NULL, idx INTEGER NOT NULL, type TEXT NOT NULL,
+	PRIMARY KEY(execution, seq));
+CREATE TABLE IF NOT EXISTS etb_grants(jti TEXT PRIMARY KEY, execution TEXT NOT NULL, token TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS etb_policies(hash TEXT PRIMARY KEY, source BLOB NOT NULL);
+`
+
+func (g *Gateway) createIndex(ctx context.Context) error {
+	if _, err := g.db.ExecContext(ctx, indexSchema); err != nil {
+		return fmt.Errorf("gateway: create index tables: %w", err)
+	}
+	return nil
+}
+
+func (g *Gateway) rememberPolicy(ctx context.Context, b *policy.Bundle) error {
+	_, err := g.db.ExecContext(ctx, `INSERT OR IGNORE INTO etb_policies(hash, source) VALUES(?, ?)`, b.Hash(), b.Source())
+	if err != nil {
+		return fmt.Errorf("gateway: store policy %s: %w", b.Hash(), err)
+	}
+	return nil
+}
+
+// PolicySource returns the source of a policy bundle this home has used.
+func (g *Gateway) PolicySource(ctx context.Context, hash string) ([]byte, error) {
+	var src []byte
+	err := g.db.QueryRowContext(ctx, `SELECT source FROM etb_policies WHERE hash = ?`, hash).Scan(&src)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: policy %s: %w", hash, err)
+	}
+	return src, nil
+}
+
+func (g *Gateway) index(ctx context.Context, ex *Execution, events []*lineage.Event, first uint64) error {
+	tx, err := g.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("gateway: index: %w", err)
+	}
+	defer tx.Rollback()
+	for i, e := range events {
+		switch e.Type {
+		case lineage.TypeIntent:
+			a := ex.Action
+			if _, err := tx.ExecContext(ctx, `INSERT INTO etb_executions(id, time, agent, task, kind, name, args) VALUES(?,?,?,?,?,?,?)`,
+				ex.ID, a.Time, a.Principal.ID, a.Task.ID, a.Action.Kind, a.Action.Name, summarize(a)); err != nil {
+				return fmt.Errorf("gateway: index execution %s: %w", ex.ID, err)
+			}
+		case lineage.TypeDecision:
+			if _, err := tx.ExecContext(ctx, `UPDATE etb_executions SET decision = ?, rules = ? WHERE id = ?`,
+				ex.Decision.Decision, strings.Join(ex.Decision.Rules, ","), ex.ID); err != nil {
+				return err
+			}
+		case lineage.TypeGrant:
+			if _, err := tx.ExecContext(ctx, `INSERT INTO etb_grants(jti, execution, token) VALUES(?,?,?)`, ex.Claims.ID, ex.ID, ex.Token); err != nil {
+				return fmt.Errorf("gateway: index grant: %w", err)
+			}
+		}
+		if o := outcomeOf(e); o != "" {
+			if _, err := tx.ExecContext(ctx, `UPDATE etb_executions SET outcome = ? WHERE id = ?`, o, ex.ID); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO etb_events(execution, seq, idx, type) VALUES(?,?,?,?)`,
+			e.Execution, e.Seq, first+uint64(i), e.Type); err != nil {
+			return fmt.Errorf("gateway: index event %d of %s: %w", e.Seq, e.Execution, err)
+		}
+	}
+	return tx.Commit()
+}
+
+// List returns the most recent executions, newest first.
+func (g *Gateway) List(ctx context.Context, limit int) ([]Summary, error) {
+	rows, err := g.db.QueryContext(ctx, `SELECT id, time, agent, kind, name, args, decision, rules, outcome, task
+		FROM etb_executions ORDER BY time DESC, id LIMIT ?`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: list executions: %w", err)
+	}
+	defer rows.Close()
+	var out []Summary
+	for rows.Next() {
+		var s Summary
+		if err := rows.Scan(&s.ID, &s.Time, &s.Agent, &s.Kind, &s.Name, &s.Args, &s.Decision, &s.Rules, &s.Outcome, &s.Task); err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	return out, rows.Err()
+}
+
+// ResolveID expands a unique prefix of an execution id (as `etb log`
+// prints them) to the full id.
+func (g *Gateway) ResolveID(ctx context.Context, prefix string) (string, error) {
+	if prefix == "" || strings.ContainsAny(prefix, "%_") {
+		return "", fmt.Errorf("gateway: bad execution id %q", prefix)
+	}
+	rows, err := g.db.QueryContext(ctx, `SELECT id FROM etb_executions WHERE id LIKE ? LIMIT 2`, prefix+"%")
+	if err != nil {
+		return "", err
+	}
+	defer rows.Close()
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return "", err
+		}
+		ids = append(ids, id)
+	}
+	switch len(ids) {
+	case 0:
+		return "", fmt.Errorf("gateway: no execution %q", prefix)
+	case 1:
+		return ids[0], nil
+	}
+	return "", fmt.Errorf("gateway: execution id prefix %q is ambiguous", prefix)
+}
+
+// Events returns an execution's events from the ledger in order, with
+// their ledger indices. Every entry is parsed and the chain is checked.
+func (g *Gateway) Events(ctx context.Context, id string) ([]*lineage.Event, []uint64, error) {
+	rows, err := g.db.QueryContext(ctx, `SELECT idx FROM etb_events WHERE execution = ? ORDER BY seq`, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	var idx []uint64
+	for rows.Next() {
+		var i int64
+		if err := rows.Scan(&i); err != nil {
+			rows.Close()
+			return nil, nil, err
+		}
+		idx = append(idx, uint64(i))
+	}
+	rows.Close()
+	if len(idx) == 0 {
+		return nil, nil, fmt.Errorf("gateway: no events for execution %q", id)
+	}
+	events := make([]*lineage.Event, len(idx))
+	for i, x := range idx {
+		b, err := g.log.Entry(ctx, x)
+		if err != nil {
+			return nil, nil, err
+		}
+		e, err := lineage.Parse(b)
+		if err != nil {
+			return nil, nil, fmt.Errorf("gateway: ledger entry %d: %w", x, err)
+		}
+		if e.Execution != id {
+			return nil, nil, fmt.Errorf("gateway: index says entry %d belongs to %s, the ledger says %s", x, id, e.Execution)
+		}
+		events[i] = e
+	}
+	if err := lineage.VerifyChain(events); err != nil {
+		return nil, nil, err
+	}
+	return events, idx, nil
+}
+
+// Token returns the grant token issued under jti.
+func (g *Gateway) Token(ctx context.Context, jti string) (string, error) {
+	var tok string
+	err := g.db.QueryRowContext(ctx, `SELECT token FROM etb_grants WHERE jti = ?`, jti).Scan(&tok)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", fmt.Errorf("gateway: no grant %s", jti)
+	}
+	return tok, err
+}

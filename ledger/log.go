@@ -1,0 +1,537 @@
+package ledger
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/transparency-dev/merkle/compact"
+	"github.com/transparency-dev/merkle/proof"
+	"github.com/transparency-dev/merkle/rfc6962"
+	"golang.org/x/mod/sumdb/note"
+)
+
+// Limits of entries and append batches.
+const (
+	MaxEntrySize    = 64 << 10 // bytes of one entry
+	MaxBatchEntries = 1024     // entries in one transaction (and one Append call)
+	MaxBatchBytes   = 4 << 20  // entry bytes in one transaction (and one Append call)
+	MaxReadEntries  = 1 << 16  // entries returned by one Entries call
+)
+
+// batchTimeout bounds one append transaction, lock wait included.
+const batchTimeout = 30 * time.Second
+
+// ErrClosed is returned by Append after Close, and to appends still queued
+// when Close is called.
+var ErrClosed = errors.New("ledger: log closed")
+
+var hasher = rfc6962.DefaultHasher
+
+// Log is an append-only Merkle log on a Storage. Its methods are safe for
+// concurrent use. Several Logs (in one or several processes) may share one
+// storage: every batch re-reads the tree state under the storage write lock.
+type Log struct {
+	st      Storage
+	signer  note.Signer
+	origin  string
+	factory *compact.RangeFactory
+
+	reqs chan *appendReq
+	mu   sync.RWMutex // guards closed against sends on reqs
+	shut bool
+	quit chan struct{}
+	done chan struct{}
+
+	batches atomic.Uint64
+	entries atomic.Uint64
+}
+
+type appendReq struct {
+	ctx     context.Context
+	entries [][]byte
+	size    int
+	res     chan appendRes // buffered, capacity 1
+}
+
+type appendRes struct {
+	first uint64
+	err   error
+}
+
+// Stats counts what this Log committed since New.
+type Stats struct {
+	Batches uint64 // committed append transactions
+	Entries uint64 // committed entries
+}
+
+// New returns a Log on st that signs checkpoints with signer, whose name must
+// be origin. If st holds no checkpoint yet, New commits the signed checkpoint
+// of the empty tree. It starts the sequencer goroutine; Close stops it.
+func New(ctx context.Context, st Storage, signer note.Signer, origin string) (*Log, error) {
+	if st == nil || signer == nil {
+		return nil, errors.New("ledger: New needs a storage and a signer")
+	}
+	if err := checkOrigin(origin); err != nil {
+		return nil, err
+	}
+	if signer.Name() != origin {
+		return nil, fmt.Errorf("ledger: signer name %q does not match origin %q", signer.Name(), origin)
+	}
+	l := &Log{
+		st:      st,
+		signer:  signer,
+		origin:  origin,
+		factory: &compact.RangeFactory{Hash: hasher.HashChildren},
+		reqs:    make(chan *appendReq, 4*MaxBatchEntries),
+		quit:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	if _, err := l.commit(ctx, nil); err != nil {
+		return nil, err
+	}
+	go l.sequence()
+	return l, nil
+}
+
+// Append adds entries to the log with contiguous indices and returns the
+// index of the first. It returns nil only once the entries and a checkpoint
+// covering them are committed and synced, in one transaction. Each entry
+// must be 1..MaxEntrySize bytes and one call at most MaxBatchEntries entries
+// and MaxBatchBytes bytes; otherwise nothing is written. If the storage
+// fails, nothing of the batch is visible and every caller in it gets the
+// error. If ctx ends while the batch is being committed, Append returns the
+// context error and the entries may or may not have been committed.
+func (l *Log) Append(ctx context.Context, entries ...[]byte) (uint64, error) {
+	if len(entries) == 0 {
+		return 0, errors.New("ledger: append of no entries")
+	}
+	if len(entries) > MaxBatchEntries {
+		return 0, fmt.Errorf("ledger: append of %d entries, limit %d per call", len(entries), MaxBatchEntries)
+	}
+	total := 0
+	for i, e := range entries {
+		if len(e) == 0 || len(e) > MaxEntrySize {
+			return 0, fmt.Errorf("ledger: append entry %d is %d bytes, want 1..%d", i, len(e), MaxEntrySize)
+		}
+		total += len(e)
+	}
+	if total > MaxBatchBytes {
+		return 0, fmt.Errorf("ledger: append of %d bytes, limit %d per call", total, MaxBatchBytes)
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("ledger: append: %w", err)
+	}
+	// Copy so that a caller reusing its buffers cannot change a queued entry.
+	own := make([][]byte, len(entries))
+	for i, e := range entries {
+		own[i] = bytes.Clone(e)
+	}
+	req := &appendReq{ctx: ctx, entries: own, size: total, res: make(chan appendRes, 1)}
+
+	l.mu.RLock()
+	if l.shut {
+		l.mu.RUnlock()
+		return 0, ErrClosed
+	}
+	select {
+	case l.reqs <- req:
+		l.mu.RUnlock()
+	case <-ctx.Done():
+		l.mu.RUnlock()
+		return 0, fmt.Errorf("ledger: append: %w", ctx.Err())
+	}
+	select {
+	case r := <-req.res:
+		return r.first, r.err
+	case <-ctx.Done():
+		return 0, fmt.Errorf("ledger: append (outcome unknown): %w", ctx.Err())
+	}
+}
+
+// Close stops the sequencer after the batch in progress; appends still
+// queued get ErrClosed. It does not close the storage.
+func (l *Log) Close() error {
+	l.mu.Lock()
+	if l.shut {
+		l.mu.Unlock()
+		<-l.done
+		return nil
+	}
+	l.shut = true
+	close(l.quit)
+	l.mu.Unlock()
+	<-l.done
+	return nil
+}
+
+// Stats reports how many batches and entries this Log committed.
+func (l *Log) Stats() Stats {
+	return Stats{Batches: l.batches.Load(), Entries: l.entries.Load()}
+}
+
+// sequence is the single sequencer goroutine: it takes queued requests,
+// coalesces them into batches bounded by MaxBatchEntries and MaxBatchBytes,
+// and commits each batch in one transaction.
+func (l *Log) sequence() {
+	defer close(l.done)
+	var carry *appendReq
+	for {
+		var batch []*appendReq
+		if carry != nil {
+			batch, carry = append(batch, carry), nil
+		} else {
+			select {
+			case r := <-l.reqs:
+				batch = append(batch, r)
+			case <-l.quit:
+				l.failQueued()
+				return
+			}
+		}
+		n, size := len(batch[0].entries), batch[0].size
+	fill:
+		for {
+			select {
+			case r := <-l.reqs:
+				if n+len(r.entries) > MaxBatchEntries || size+r.size > MaxBatchBytes {
+					carry = r
+					break fill
+				}
+				batch = append(batch, r)
+				n += len(r.entries)
+				size += r.size
+			default:
+				break fill
+			}
+		}
+		l.commitBatch(batch, n)
+		select {
+		case <-l.quit:
+			if carry != nil {
+				carry.res <- appendRes{err: ErrClosed}
+			}
+			l.failQueued()
+			return
+		default:
+		}
+	}
+}
+
+func (l *Log) failQueued() {
+	for {
+		select {
+		case r := <-l.reqs:
+			r.res <- appendRes{err: ErrClosed}
+		default:
+			return
+		}
+	}
+}
+
+// commitBatch commits the requests of batch (n entries in all) and answers
+// every request.
+func (l *Log) commitBatch(batch []*appendReq, n int) {
+	live := batch[:0]
+	entries := make([][]byte, 0, n)
+	for _, r := range batch {
+		if err := r.ctx.Err(); err != nil {
+			r.res <- appendRes{err: fmt.Errorf("ledger: append: %w", err)}
+			continue
+		}
+		live = append(live, r)
+		entries = append(entries, r.entries...)
+	}
+	if len(live) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+	first, err := l.commit(ctx, entries)
+	cancel()
+	for _, r := range live {
+		if err != nil {
+			r.res <- appendRes{err: err}
+			continue
+		}
+		r.res <- appendRes{first: first}
+		first += uint64(len(r.entries))
+	}
+}
+
+// commit appends entries in one exclusive storage transaction and returns
+// the index of the first. With no entries it only makes sure a checkpoint
+// exists (the empty tree's) and checks the store (New uses that). Before appending it checks that the stored
+// entry count, the latest checkpoint and the stored right border of the tree
+// agree, so a damaged store is refused rather than extended.
+func (l *Log) commit(ctx context.Context, entries [][]byte) (first uint64, err error) {
+	tx, err := l.st.BeginAppend(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback()
+		}
+	}()
+	count, err := tx.EntryCount(ctx)
+	if err != nil {
+		return 0, err
+	}
+	cpSize, cpNote, err := tx.LatestCheckpoint(ctx)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		if count != 0 {
+			return 0, fmt.Errorf("ledger: store of %q has %d entries but no checkpoint", l.origin, count)
+		}
+		if len(entries) == 0 {
+			if err := l.writeCheckpoint(ctx, tx, 0, hasher.EmptyRoot()); err != nil {
+				return 0, err
+			}
+			return 0, tx.Commit()
+		}
+	case err != nil:
+		return 0, err
+	default:
+		if cpSize != count {
+			return 0, fmt.Errorf("ledger: store of %q has %d entries but its latest checkpoint has size %d", l.origin, count, cpSize)
+		}
+	}
+	rng, err := l.border(ctx, tx, count)
+	if err != nil {
+		return 0, err
+	}
+	if cpNote != nil {
+		if err := l.checkStored(cpNote, count, rng); err != nil {
+			return 0, err
+		}
+	}
+	if len(entries) == 0 {
+		return 0, tx.Rollback()
+	}
+	var ids []compact.NodeID
+	var hashes [][]byte
+	visit := func(id compact.NodeID, h []byte) {
+		ids = append(ids, id)
+		hashes = append(hashes, h)
+	}
+	for _, e := range entries {
+		if err := rng.Append(hasher.HashLeaf(e), visit); err != nil {
+			return 0, fmt.Errorf("ledger: append at index %d: %w", rng.End(), err)
+		}
+	}
+	root, err := rng.GetRootHash(nil)
+	if err != nil {
+		return 0, fmt.Errorf("ledger: root at size %d: %w", rng.End(), err)
+	}
+	if err := tx.WriteEntries(ctx, count, entries); err != nil {
+		return 0, err
+	}
+	if err := tx.WriteNodes(ctx, ids, hashes); err != nil {
+		return 0, err
+	}
+	if err := l.writeCheckpoint(ctx, tx, rng.End(), root); err != nil {
+		return 0, err
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, err
+	}
+	l.batches.Add(1)
+	l.entries.Add(uint64(len(entries)))
+	return count, nil
+}
+
+// border loads the compact range [0, size) from the stored subtree hashes.
+func (l *Log) border(ctx context.Context, tx AppendTx, size uint64) (*compact.Range, error) {
+	ids := compact.RangeNodes(0, size, nil)
+	hashes, err := tx.Nodes(ctx, ids)
+	if err != nil {
+		return nil, fmt.Errorf("ledger: right border at size %d: %w", size, err)
+	}
+	rng, err := l.factory.NewRange(0, size, hashes)
+	if err != nil {
+		return nil, fmt.Errorf("ledger: right border at size %d: %w", size, err)
+	}
+	return rng, nil
+}
+
+// checkStored verifies that the stored latest checkpoint is this log's and
+// commits to the root of the stored right border.
+func (l *Log) checkStored(n []byte, size uint64, rng *compact.Range) error {
+	cp, err := l.parseOwn(n)
+	if err != nil {
+		return err
+	}
+	root, err := rootOf(rng)
+	if err != nil {
+		return err
+	}
+	if cp.Size != size || !bytes.Equal(cp.Root, root) {
+		return fmt.Errorf("ledger: stored checkpoint of %q at size %d does not match the stored tree (root %x, tree root %x)", l.origin, size, cp.Root, root)
+	}
+	return nil
+}
+
+func rootOf(rng *compact.Range) ([]byte, error) {
+	if rng.End() == 0 {
+		return hasher.EmptyRoot(), nil
+	}
+	root, err := rng.GetRootHash(nil)
+	if err != nil {
+		return nil, fmt.Errorf("ledger: root at size %d: %w", rng.End(), err)
+	}
+	return root, nil
+}
+
+func (l *Log) writeCheckpoint(ctx context.Context, tx AppendTx, size uint64, root []byte) error {
+	signed, err := note.Sign(&note.Note{Text: string(marshalBody(l.origin, size, root))}, l.signer)
+	if err != nil {
+		return fmt.Errorf("ledger: sign checkpoint of %q at size %d: %w", l.origin, size, err)
+	}
+	return tx.WriteCheckpoint(ctx, size, signed)
+}
+
+// parseOwn parses a checkpoint note read from this log's storage. The
+// signature is not verified (the Log holds only a signer); the body must be
+// canonical and name this log's origin.
+func (l *Log) parseOwn(n []byte) (Checkpoint, error) {
+	text, err := noteText(n)
+	if err != nil {
+		return Checkpoint{}, err
+	}
+	cp, err := parseBody(text)
+	if err != nil {
+		return Checkpoint{}, err
+	}
+	if cp.Origin != l.origin {
+		return Checkpoint{}, fmt.Errorf("ledger: stored checkpoint has origin %q, want %q", cp.Origin, l.origin)
+	}
+	cp.Note = n
+	return cp, nil
+}
+
+// Checkpoint returns the latest committed checkpoint.
+func (l *Log) Checkpoint(ctx context.Context) (Checkpoint, error) {
+	size, n, err := l.st.LatestCheckpoint(ctx)
+	if err != nil {
+		return Checkpoint{}, err
+	}
+	cp, err := l.parseOwn(n)
+	if err != nil {
+		return Checkpoint{}, err
+	}
+	if cp.Size != size {
+		return Checkpoint{}, fmt.Errorf("ledger: checkpoint stored at size %d says size %d", size, cp.Size)
+	}
+	return cp, nil
+}
+
+// Entry returns the entry at index.
+func (l *Log) Entry(ctx context.Context, index uint64) ([]byte, error) {
+	if index == ^uint64(0) {
+		return nil, fmt.Errorf("ledger: entry %d: %w", index, ErrNotFound)
+	}
+	es, err := l.st.Entries(ctx, index, index+1)
+	if err != nil {
+		return nil, err
+	}
+	return es[0], nil
+}
+
+// Entries returns the entries with indices in [from, to), at most
+// MaxReadEntries of them.
+func (l *Log) Entries(ctx context.Context, from, to uint64) ([][]byte, error) {
+	if from > to || to-from > MaxReadEntries {
+		return nil, fmt.Errorf("ledger: entries [%d, %d): want from <= to and at most %d entries", from, to, MaxReadEntries)
+	}
+	return l.st.Entries(ctx, from, to)
+}
+
+// committedSize returns the size of the latest checkpoint.
+func (l *Log) committedSize(ctx context.Context) (uint64, error) {
+	size, _, err := l.st.LatestCheckpoint(ctx)
+	return size, err
+}
+
+// InclusionProof returns the RFC 6962 inclusion proof of entry index in the
+// tree of the given size, built from stored subtree hashes. It requires
+// index < size <= the latest checkpoint's size.
+func (l *Log) InclusionProof(ctx context.Context, index, size uint64) ([][]byte, error) {
+	cur, err := l.committedSize(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if index >= size || size > cur {
+		return nil, fmt.Errorf("ledger: inclusion proof of index %d in size %d: want index < size <= %d", index, size, cur)
+	}
+	nodes, err := proof.Inclusion(index, size)
+	if err != nil {
+		return nil, fmt.Errorf("ledger: inclusion proof of index %d in size %d: %w", index, size, err)
+	}
+	return l.rehash(ctx, nodes)
+}
+
+// ConsistencyProof returns the RFC 6962 consistency proof from the tree of
+// size from to the tree of size to, built from stored subtree hashes. It
+// requires from <= to <= the latest checkpoint's size.
+func (l *Log) ConsistencyProof(ctx context.Context, from, to uint64) ([][]byte, error) {
+	cur, err := l.committedSize(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if from > to || to > cur {
+		return nil, fmt.Errorf("ledger: consistency proof from size %d to %d: want from <= to <= %d", from, to, cur)
+	}
+	nodes, err := proof.Consistency(from, to)
+	if err != nil {
+		return nil, fmt.Errorf("ledger: consistency proof from size %d to %d: %w", from, to, err)
+	}
+	return l.rehash(ctx, nodes)
+}
+
+func (l *Log) rehash(ctx context.Context, nodes proof.Nodes) ([][]byte, error) {
+	hashes, err := l.st.Nodes(ctx, nodes.IDs)
+	if err != nil {
+		return nil, err
+	}
+	return nodes.Rehash(hashes, hasher.HashChildren)
+}
+
+// ProveEntry returns the C2SP tlog-proof text of entry index against cp,
+// which must be a checkpoint of this log (its note may carry cosignatures).
+// The proof is verified against cp's root before it is returned.
+func (l *Log) ProveEntry(ctx context.Context, index uint64, cp Checkpoint) ([]byte, error) {
+	if cp.Origin != l.origin {
+		return nil, fmt.Errorf("ledger: prove entry %d: checkpoint origin %q, want %q", index, cp.Origin, l.origin)
+	}
+	stored, err := l.st.CheckpointAt(ctx, cp.Size)
+	if err != nil {
+		return nil, fmt.Errorf("ledger: prove entry %d: %w", index, err)
+	}
+	own, err := l.parseOwn(stored)
+	if err != nil {
+		return nil, err
+	}
+	given, err := l.parseOwn(cp.Note)
+	if err != nil {
+		return nil, fmt.Errorf("ledger: prove entry %d: given checkpoint: %w", index, err)
+	}
+	if given.Size != cp.Size || !bytes.Equal(given.Root, cp.Root) || !bytes.Equal(own.Root, cp.Root) {
+		return nil, fmt.Errorf("ledger: prove entry %d: checkpoint at size %d (root %x) is not the stored one (root %x)", index, cp.Size, cp.Root, own.Root)
+	}
+	hashes, err := l.InclusionProof(ctx, index, cp.Size)
+	if err != nil {
+		return nil, err
+	}
+	entry, err := l.Entry(ctx, index)
+	if err != nil {
+		return nil, err
+	}
+	if err := proof.VerifyInclusion(hasher, index, cp.Size, hasher.HashLeaf(entry), hashes, cp.Root); err != nil {
+		return nil, fmt.Errorf("ledger: prove entry %d at size %d: stored hashes do not verify: %w", index, cp.Size, err)
+	}
+	return Proof{Index: index, Hashes: hashes, Checkpoint: cp.Note}.Marshal(), nil
+}

@@ -1,0 +1,50 @@
+package lineage
+
+import "github.com/etbproject/etb/action"
+
+// IntentBody is the body of an intent event: the whole action as evaluated,
+// and its digest.
+type IntentBody struct {
+	Action       action.Action `json:"action"`
+	ActionDigest string        `json:"action_digest"`
+}
+
+// GrantBody is the body of a grant event. The token itself travels in the
+// evidence bundle; the ledger holds only its hash.
+type GrantBody struct {
+	JTI         string `json:"jti"`
+	TokenSHA256 string `json:"token_sha256"`
+	ADG         string `json:"adg"`
+	Pol         string `json:"pol"`
+	Aud         string `json:"aud"`
+	Exp         int64  `json:"exp"`
+}
+
+// StartBody is the body of a start event.
+type StartBody struct {
+	PID           int64  `json:"pid"`
+	Program       string `json:"program"`
+	ProgramSHA256 string `json:"program_sha256"`
+	GrantJTI      string `json:"grant_jti"`
+}
+
+// EndBody is the body of an end event: how the process ended and digests
+// of what it wrote.
+type EndBody struct {
+	ExitCode     int64  `json:"exit_code"`
+	Signal       string `json:"signal"`
+	DurationNS   int64  `json:"duration_ns"`
+	StdoutSHA256 string `json:"stdout_sha256"`
+	StdoutBytes  int64  `json:"stdout_bytes"`
+	StderrSHA256 string `json:"stderr_sha256"`
+	StderrBytes  int64  `json:"stderr_bytes"`
+}
+
+// InterruptBody is the body of an interrupt event: why governed execution
+// was stopped or refused after the decision.
+type InterruptBody struct {
+	// Reason is one of "timeout", "grant_invalid", "start_failed",
+	// "revoked", "lease_lost", "ledger_failed".
+	Reason string `json:"reason"`
+	Detail string `json:"detail"`
+}

@@ -1,0 +1,197 @@
+// Package lineage defines etb.event/v1 and the per-execution hash chain.
+//
+// Every step of an execution (intent, decision, grant, start, heartbeat,
+// interrupt, end) is one event; each event names the hash of the event before
+// it in the same execution, so dropping, inserting, altering or reordering an
+// event breaks the chain. The package owns the event shape, its canonical
+// bytes (RFC 8785, which is also the ledger entry) and the chain rules. It
+// must never decide anything: it records what other layers decided.
+package lineage
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/etbproject/etb/action"
+)
+
+// Version is the value of the "v" field of every event.
+const Version = "etb.event/v1"
+
+// MaxEventBytes bounds the canonical size of one event (one ledger entry).
+const MaxEventBytes = 64 << 10
+
+// Event types.
+const (
+	TypeIntent     = "intent"
+	TypeDecision   = "decision"
+	TypeGrant      = "grant"
+	TypeApproval   = "approval"
+	TypeStart      = "start"
+	TypeHeartbeat  = "heartbeat"
+	TypeInterrupt  = "interrupt"
+	TypeEnd        = "end"
+	TypeRevocation = "revocation"
+)
+
+var knownTypes = map[string]bool{
+	TypeIntent: true, TypeDecision: true, TypeGrant: true, TypeApproval: true, TypeStart: true,
+	TypeHeartbeat: true, TypeInterrupt: true, TypeEnd: true, TypeRevocation: true,
+}
+
+// Event is one lineage event. Body is type-specific (see the *Body types);
+// it carries digests and statuses, never large payloads.
+type Event struct {
+	V         string          `json:"v"`
+	Type      string          `json:"type"`
+	Execution string          `json:"execution"`
+	Task      string          `json:"task"`
+	Parent    string          `json:"parent"`
+	Seq       int64           `json:"seq"`
+	Prev      string          `json:"prev"`
+	Time      string          `json:"time"`
+	Actor     string          `json:"actor"`
+	Body      json.RawMessage `json:"body"`
+}
+
+// Canonical returns the event's RFC 8785 bytes: the ledger entry.
+func (e *Event) Canonical() ([]byte, error) {
+	b, err := action.Canonical(e)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > MaxEventBytes {
+		return nil, fmt.Errorf("lineage: %s event of execution %s is %d bytes, over the %d-byte limit", e.Type, e.Execution, len(b), MaxEventBytes)
+	}
+	return b, nil
+}
+
+// Hash returns the event hash that the next event's Prev must name.
+func (e *Event) Hash() (string, error) {
+	b, err := e.Canonical()
+	if err != nil {
+		return "", err
+	}
+	return action.SHA256(b), nil
+}
+
+// Parse decodes one ledger entry into an event, strictly: unknown fields,
+// trailing data, a wrong version or an unknown type are errors, and the
+// entry must already be in canonical form (so that the bytes in the log and
+// the event a verifier reasons about cannot differ).
+func Parse(entry []byte) (*Event, error) {
+	dec := json.NewDecoder(bytes.NewReader(entry))
+	dec.DisallowUnknownFields()
+	var e Event
+	if err := dec.Decode(&e); err != nil {
+		return nil, fmt.Errorf("lineage: parse event: %w", err)
+	}
+	if dec.More() {
+		return nil, errors.New("lineage: parse event: trailing data")
+	}
+	if e.V != Version {
+		return nil, fmt.Errorf("lineage: event version %q is not %q", e.V, Version)
+	}
+	if !knownTypes[e.Type] {
+		return nil, fmt.Errorf("lineage: unknown event type %q", e.Type)
+	}
+	c, err := e.Canonical()
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(c, entry) {
+		return nil, fmt.Errorf("lineage: %s event seq %d of execution %s is not in canonical form", e.Type, e.Seq, e.Execution)
+	}
+	return &e, nil
+}
+
+// DecodeBody decodes the body strictly into v.
+func (e *Event) DecodeBody(v any) error {
+	dec := json.NewDecoder(bytes.NewReader(e.Body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("lineage: %s event body: %w", e.Type, err)
+	}
+	return nil
+}
+
+// Chain builds the events of one execution in order, linking each to the
+// previous one. It is not safe for concurrent use; an execution has one
+// writer.
+type Chain struct {
+	Execution string
+	Task      string
+	Parent    string
+	seq       int64
+	prev      string
+}
+
+// NewChain starts the chain of a new execution.
+func NewChain(execution, task, parent string) *Chain {
+	return &Chain{Execution: execution, Task: task, Parent: parent}
+}
+
+// Next returns the next event with the given type, actor, time and body,
+// and its canonical bytes. The chain advances only when it succeeds.
+func (c *Chain) Next(typ, actor, time string, body any) (*Event, []byte, error) {
+	if !knownTypes[typ] {
+		return nil, nil, fmt.Errorf("lineage: unknown event type %q", typ)
+	}
+	raw, err := action.Canonical(body)
+	if err != nil {
+		return nil, nil, err
+	}
+	e := &Event{V: Version, Type: typ, Execution: c.Execution, Task: c.Task, Parent: c.Parent,
+		Seq: c.seq, Prev: c.prev, Time: time, Actor: actor, Body: raw}
+	b, err := e.Canonical()
+	if err != nil {
+		return nil, nil, err
+	}
+	c.seq++
+	c.prev = action.SHA256(b)
+	return e, b, nil
+}
+
+// VerifyChain checks that events are one execution's complete chain: the
+// same execution, task and parent throughout, seq 0, 1, 2, … with no gap or
+// repeat, each Prev naming the hash of the event before it, and the first
+// event an intent with an empty Prev.
+func VerifyChain(events []*Event) error {
+	if len(events) == 0 {
+		return errors.New("lineage: chain is empty")
+	}
+	first := events[0]
+	if first.Type != TypeIntent {
+		return fmt.Errorf("lineage: chain of %s starts with a %s event, not an intent", first.Execution, first.Type)
+	}
+	prev := ""
+	for i, e := range events {
+		if e.Execution != first.Execution || e.Task != first.Task || e.Parent != first.Parent {
+			return fmt.Errorf("lineage: event %d belongs to execution %q task %q, not %q task %q", i, e.Execution, e.Task, first.Execution, first.Task)
+		}
+		if e.Seq != int64(i) {
+			return fmt.Errorf("lineage: event %d of %s has seq %d, want %d", i, e.Execution, e.Seq, i)
+		}
+		if e.Prev != prev {
+			return fmt.Errorf("lineage: event seq %d (%s) of %s names prev %q, but the previous event hashes to %q", e.Seq, e.Type, e.Execution, e.Prev, prev)
+		}
+		h, err := e.Hash()
+		if err != nil {
+			return err
+		}
+		prev = h
+	}
+	return nil
+}
+
+// ShortID returns the first 12 characters of an id for display.
+func ShortID(id string) string {
+	id = strings.TrimPrefix(id, "sha256:")
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}

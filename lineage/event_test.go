@@ -1,0 +1,93 @@
+package lineage
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+func buildChain(t *testing.T, n int) ([]*Event, [][]byte) {
+	t.Helper()
+	c := NewChain("exec1", "task1", "")
+	types := []string{TypeIntent, TypeDecision, TypeGrant, TypeStart, TypeEnd}
+	var evs []*Event
+	var raw [][]byte
+	for i := 0; i < n; i++ {
+		e, b, err := c.Next(types[i%len(types)], "spiffe://etb.local/user/1", "2026-01-01T00:00:00Z", map[string]int{"i": i})
+		if err != nil {
+			t.Fatal(err)
+		}
+		evs, raw = append(evs, e), append(raw, b)
+	}
+	return evs, raw
+}
+
+func TestChainLinksAndParses(t *testing.T) {
+	evs, raw := buildChain(t, 5)
+	if err := VerifyChain(evs); err != nil {
+		t.Fatal(err)
+	}
+	for i, b := range raw {
+		e, err := Parse(b)
+		if err != nil {
+			t.Fatalf("entry %d: %v", i, err)
+		}
+		if e.Seq != int64(i) || e.Type != evs[i].Type {
+			t.Fatalf("entry %d parsed as %+v", i, e)
+		}
+	}
+	if evs[0].Prev != "" || evs[1].Prev == "" {
+		t.Fatal("first event must have no prev; later ones must")
+	}
+}
+
+func TestVerifyChainRejectsTampering(t *testing.T) {
+	cases := map[string]func([]*Event) []*Event{
+		"dropped middle": func(e []*Event) []*Event { return append(e[:2:2], e[3:]...) },
+		"dropped first":  func(e []*Event) []*Event { return e[1:] },
+		"duplicated":     func(e []*Event) []*Event { return append(e[:3:3], e[2:]...) },
+		"reordered":      func(e []*Event) []*Event { e[2], e[3] = e[3], e[2]; return e },
+		"altered body": func(e []*Event) []*Event {
+			c := *e[1]
+			c.Body = json.RawMessage(`{"i":99}`)
+			e[1] = &c
+			return e
+		},
+		"other execution": func(e []*Event) []*Event { c := *e[4]; c.Execution = "exec2"; e[4] = &c; return e },
+		"empty":           func(e []*Event) []*Event { return nil },
+	}
+	for name, mutate := range cases {
+		t.Run(name, func(t *testing.T) {
+			evs, _ := buildChain(t, 5)
+			if err := VerifyChain(mutate(evs)); err == nil {
+				t.Fatal("tampered chain verified")
+			}
+		})
+	}
+}
+
+func TestParseRejects(t *testing.T) {
+	_, raw := buildChain(t, 1)
+	good := string(raw[0])
+	cases := map[string]string{
+		"not canonical":  strings.Replace(good, `{"actor"`, `{ "actor"`, 1),
+		"unknown field":  strings.Replace(good, `{"actor"`, `{"zzz":1,"actor"`, 1),
+		"unknown type":   strings.Replace(good, `"type":"intent"`, `"type":"magic"`, 1),
+		"wrong version":  strings.Replace(good, Version, "etb.event/v0", 1),
+		"trailing":       good + "{}",
+		"not json":       "intent",
+		"oversize entry": `{"v":"` + strings.Repeat("x", MaxEventBytes) + `"}`,
+	}
+	for name, in := range cases {
+		if _, err := Parse([]byte(in)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	c := NewChain("e", "t", "")
+	if _, _, err := c.Next(TypeIntent, "a", "t", map[string]string{"big": strings.Repeat("x", MaxEventBytes)}); err == nil {
+		t.Error("oversize event accepted")
+	}
+	if _, _, err := c.Next("bogus", "a", "t", nil); err == nil {
+		t.Error("unknown type accepted")
+	}
+}
