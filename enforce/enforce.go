@@ -33,7 +33,9 @@
 // The command runs in its own process group, with a parent-death signal of
 // SIGKILL, and the calling process makes itself a child subreaper
 // (PR_SET_CHILD_SUBREAPER, a process-wide setting), so descendants orphaned by
-// the command are reparented to it instead of init. Teardown SIGKILLs the
+// the command are reparented to it instead of init. (Orphans of any other
+// subprocess of the calling process are then reparented to it as well; whoever
+// starts those must reap them.) Teardown SIGKILLs the
 // process group and every process attributed to the command — descendants of
 // the child, members of its group, processes seen in its tree earlier (the
 // tree is sampled while it runs), and orphans holding the write end of its

@@ -12,7 +12,6 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -22,7 +21,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
 	"golang.org/x/mod/sumdb/note"
@@ -40,6 +38,7 @@ type Gateway struct {
 	cfg      Config
 	db       *sql.DB
 	log      *ledger.Log
+	indexer  *indexer
 	policy   *policy.Bundle
 	issuer   *grant.Issuer
 	verifier *grant.Verifier
@@ -96,6 +95,7 @@ func Open(ctx context.Context, dir string, opt Options) (*Gateway, error) {
 	if err := g.createIndex(ctx); err != nil {
 		return fail(err)
 	}
+	g.indexer = newIndexer(db)
 	if err := g.rememberPolicy(ctx, pol); err != nil {
 		return fail(err)
 	}
@@ -122,6 +122,9 @@ func Open(ctx context.Context, dir string, opt Options) (*Gateway, error) {
 // Close releases the ledger and the database.
 func (g *Gateway) Close() error {
 	var errs []error
+	if g.indexer != nil {
+		g.indexer.Close()
+	}
 	if g.log != nil {
 		errs = append(errs, g.log.Close())
 	}
@@ -314,6 +317,3 @@ func outcomeOf(e *lineage.Event) string {
 	}
 	return ""
 }
-
-var _ = bytes.Equal
-var _ = strings.Join

@@ -54,40 +54,37 @@ func (g *Gateway) PolicySource(ctx context.Context, hash string) ([]byte, error)
 }
 
 func (g *Gateway) index(ctx context.Context, ex *Execution, events []*lineage.Event, first uint64) error {
-	tx, err := g.db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("gateway: index: %w", err)
-	}
-	defer tx.Rollback()
-	for i, e := range events {
-		switch e.Type {
-		case lineage.TypeIntent:
-			a := ex.Action
-			if _, err := tx.ExecContext(ctx, `INSERT INTO etb_executions(id, time, agent, task, kind, name, args) VALUES(?,?,?,?,?,?,?)`,
-				ex.ID, a.Time, a.Principal.ID, a.Task.ID, a.Action.Kind, a.Action.Name, summarize(a)); err != nil {
-				return fmt.Errorf("gateway: index execution %s: %w", ex.ID, err)
+	return g.indexer.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		for i, e := range events {
+			switch e.Type {
+			case lineage.TypeIntent:
+				a := ex.Action
+				if _, err := tx.ExecContext(ctx, `INSERT INTO etb_executions(id, time, agent, task, kind, name, args) VALUES(?,?,?,?,?,?,?)`,
+					ex.ID, a.Time, a.Principal.ID, a.Task.ID, a.Action.Kind, a.Action.Name, summarize(a)); err != nil {
+					return fmt.Errorf("gateway: index execution %s: %w", ex.ID, err)
+				}
+			case lineage.TypeDecision:
+				if _, err := tx.ExecContext(ctx, `UPDATE etb_executions SET decision = ?, rules = ? WHERE id = ?`,
+					ex.Decision.Decision, strings.Join(ex.Decision.Rules, ","), ex.ID); err != nil {
+					return fmt.Errorf("gateway: index decision of %s: %w", ex.ID, err)
+				}
+			case lineage.TypeGrant:
+				if _, err := tx.ExecContext(ctx, `INSERT INTO etb_grants(jti, execution, token) VALUES(?,?,?)`, ex.Claims.ID, ex.ID, ex.Token); err != nil {
+					return fmt.Errorf("gateway: index grant of %s: %w", ex.ID, err)
+				}
 			}
-		case lineage.TypeDecision:
-			if _, err := tx.ExecContext(ctx, `UPDATE etb_executions SET decision = ?, rules = ? WHERE id = ?`,
-				ex.Decision.Decision, strings.Join(ex.Decision.Rules, ","), ex.ID); err != nil {
-				return err
+			if o := outcomeOf(e); o != "" {
+				if _, err := tx.ExecContext(ctx, `UPDATE etb_executions SET outcome = ? WHERE id = ?`, o, ex.ID); err != nil {
+					return fmt.Errorf("gateway: index outcome of %s: %w", ex.ID, err)
+				}
 			}
-		case lineage.TypeGrant:
-			if _, err := tx.ExecContext(ctx, `INSERT INTO etb_grants(jti, execution, token) VALUES(?,?,?)`, ex.Claims.ID, ex.ID, ex.Token); err != nil {
-				return fmt.Errorf("gateway: index grant: %w", err)
+			if _, err := tx.ExecContext(ctx, `INSERT INTO etb_events(execution, seq, idx, type) VALUES(?,?,?,?)`,
+				e.Execution, e.Seq, first+uint64(i), e.Type); err != nil {
+				return fmt.Errorf("gateway: index event %d of %s: %w", e.Seq, e.Execution, err)
 			}
 		}
-		if o := outcomeOf(e); o != "" {
-			if _, err := tx.ExecContext(ctx, `UPDATE etb_executions SET outcome = ? WHERE id = ?`, o, ex.ID); err != nil {
-				return err
-			}
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO etb_events(execution, seq, idx, type) VALUES(?,?,?,?)`,
-			e.Execution, e.Seq, first+uint64(i), e.Type); err != nil {
-			return fmt.Errorf("gateway: index event %d of %s: %w", e.Seq, e.Execution, err)
-		}
-	}
-	return tx.Commit()
+		return nil
+	})
 }
 
 // List returns the most recent executions, newest first.

@@ -21,8 +21,9 @@ import (
 // Version is the value of the "v" field of every event.
 const Version = "etb.event/v1"
 
-// MaxEventBytes bounds the canonical size of one event (one ledger entry).
-const MaxEventBytes = 64 << 10
+// MaxEventBytes bounds the canonical size of one event (one ledger entry):
+// 65,535 bytes, the most a C2SP tlog-tiles entry bundle can frame.
+const MaxEventBytes = 1<<16 - 1
 
 // Event types.
 const (
