@@ -137,6 +137,9 @@ func (b *Bundle) eval(ctx context.Context, in *action.Action, trace bool) (d Dec
 			traces[i] = Trace{RuleID: r.id, Effect: r.effect}
 		}
 	}
+	if err := ctx.Err(); err != nil {
+		return errorDecision(d, []ruleError{{err: fmt.Errorf("not evaluated: %w", err)}}), traces
+	}
 	if in == nil {
 		return errorDecision(d, []ruleError{{err: errors.New("input action is nil")}}), traces
 	}

@@ -91,6 +91,11 @@ func (s *stringList) UnmarshalYAML(n *yaml.Node) error {
 		}
 		*s = stringList{v}
 	case yaml.SequenceNode:
+		if len(n.Content) == 0 {
+			// Leaving the key out means "any"; an empty list would read
+			// as "none" but select everything. Refuse the ambiguity.
+			return fmt.Errorf("line %d: empty list (leave the key out to match any)", n.Line)
+		}
 		out := make(stringList, 0, len(n.Content))
 		for _, c := range n.Content {
 			v, err := scalar(c)
@@ -260,11 +265,23 @@ func checkFile(top *yaml.Node) error {
 				if err := checkKeys(m, matchKeys, where+" match"); err != nil {
 					return err
 				}
+				for _, k := range matchKeys {
+					if v := mapValue(m, k); v != nil {
+						var l stringList
+						if err := l.UnmarshalYAML(v); err != nil {
+							return fmt.Errorf("%s match.%s: %w", where, k, err)
+						}
+					}
+				}
 			}
 			if o := mapValue(r, "obligations"); o != nil {
 				if err := checkKeys(o, obligationsKeys, where+" obligations"); err != nil {
 					return err
 				}
+			}
+			var rd ruleDoc // decoded here only to name the rule in type errors
+			if err := r.Decode(&rd); err != nil {
+				return fmt.Errorf("%s: %w", where, err)
 			}
 		}
 	}

@@ -58,8 +58,10 @@ func TestLoadErrors(t *testing.T) {
 		{"missing id", header + "rules:\n- {effect: permit}\n", []string{`rule id ""`}},
 		{"reserved id", header + "rules:\n- {id: etb.error, effect: permit}\n", []string{`"etb.error"`, "reserved"}},
 		{"bad effect", header + "rules:\n- {id: r1, effect: allow}\n", []string{`rule "r1"`, `"allow"`}},
-		{"kind not a string", header + "rules:\n- {id: r1, effect: permit, match: {kind: 5}}\n", []string{"want a string"}},
-		{"kind is a map", header + "rules:\n- {id: r1, effect: permit, match: {kind: {a: b}}}\n", []string{"string or a list"}},
+		{"kind not a string", header + "rules:\n- {id: r1, effect: permit, match: {kind: 5}}\n", []string{`rule "r1" match.kind`, "want a string"}},
+		{"kind is a map", header + "rules:\n- {id: r1, effect: permit, match: {kind: {a: b}}}\n", []string{`rule "r1" match.kind`, "string or a list"}},
+		{"empty match list", header + "rules:\n- {id: r1, effect: forbid, match: {name: []}}\n", []string{`rule "r1" match.name`, "empty list"}},
+		{"effect not a string", header + "rules:\n- {id: r1, effect: [permit]}\n", []string{`rule "r1"`, "cannot unmarshal"}},
 		{"duplicate name", header + "rules:\n- {id: r1, effect: permit, match: {name: [ls, ls]}}\n", []string{`rule "r1"`, `"ls" is listed twice`}},
 		{"bad timeout", header + "rules:\n- {id: r1, effect: permit, obligations: {timeout: soon}}\n", []string{`"soon"`}},
 		{"negative timeout", header + "defaults: {obligations: {timeout: -1s}}\n", []string{"negative"}},
@@ -145,7 +147,11 @@ func TestCombination(t *testing.T) {
 		{"permits tighten obligations", shellAction("echo", "/usr/bin/echo", "hi"), Permit, []string{"p-echo", "p-echo-short"}, 10 * time.Second},
 		{"one permit", shellAction("echo", "/usr/bin/echo", "a", "b"), Permit, []string{"p-echo"}, time.Minute},
 		{"forbid overrides permit", shellAction("echo", "/usr/bin/echo", "secret", "x"), Deny, []string{"f-echo-secret"}, 0},
-		{"all matching forbids are named", func() *action.Action { a := shellAction("echo", "/usr/bin/echo", "secret"); a.Principal.User = "root"; return a }(), Deny, []string{"f-echo-secret", "f-root"}, 0},
+		{"all matching forbids are named", func() *action.Action {
+			a := shellAction("echo", "/usr/bin/echo", "secret")
+			a.Principal.User = "root"
+			return a
+		}(), Deny, []string{"f-echo-secret", "f-root"}, 0},
 		{"kind-less forbid", root, Deny, []string{"f-root"}, 0},
 		{"require approval beats permit", shellAction("deploy", "/usr/bin/deploy", "staging"), RequireApproval, []string{"a-deploy"}, 30 * time.Second},
 		{"require approval on second kind", mcpDeploy, RequireApproval, []string{"a-deploy"}, 2 * time.Minute},
@@ -233,7 +239,8 @@ rules:
 		{"error beats forbid", ctx, shellAction("forbidden", "/usr/bin/forbidden"), []string{`rule "args5" failed`}},
 		{"missing map key", ctx, noHome, []string{`rule "home" failed`, "no such key: HOME"}},
 		{"run-time cost overrun", ctx, shellAction("big", "/usr/bin/big", bigArgs...), []string{`rule "big" failed`, "cost limit exceeded"}},
-		{"cancelled context", cancelled, shellAction("echo", "/usr/bin/echo", "1", "2", "3", "4", "5", "x"), []string{`rule "permit-all" failed`, "context canceled"}},
+		{"cancelled context", cancelled, shellAction("echo", "/usr/bin/echo", "1", "2", "3", "4", "5", "x"), []string{"not evaluated", "context canceled"}},
+		{"cancelled context, no candidates", cancelled, shellAction("nomatch", "/usr/bin/nomatch"), []string{"context canceled"}},
 		{"nil input", ctx, nil, []string{"input action is nil"}},
 		{"bad input version", ctx, badVersion, []string{"etb.action/v0"}},
 	} {
@@ -659,5 +666,27 @@ func checkInputHash(t *testing.T, a *action.Action) {
 		fast, ok := appendCanonicalAction(nil, a)
 		generic, _ := action.Canonical(a)
 		t.Fatalf("inputHash = %s, %v; want %s, %v\nfast (%v): %s\ngeneric:     %s", got, gerr, want, werr, ok, fast, generic)
+	}
+}
+
+func TestConcurrentEvaluate(t *testing.T) {
+	b := mustLoad(t, combo)
+	want := b.Evaluate(context.Background(), shellAction("echo", "/usr/bin/echo", "hi"))
+	errs := make(chan string, 8)
+	for range 8 {
+		go func() {
+			for range 200 {
+				if d := b.Evaluate(context.Background(), shellAction("echo", "/usr/bin/echo", "hi")); !d.SameOutcome(want) {
+					errs <- fmt.Sprintf("%+v", d)
+					return
+				}
+			}
+			errs <- ""
+		}()
+	}
+	for range 8 {
+		if e := <-errs; e != "" {
+			t.Errorf("concurrent decision differs: %s", e)
+		}
 	}
 }
