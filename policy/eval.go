@@ -87,16 +87,20 @@ func (v activation) Parent() interpreter.Activation { return nil }
 
 // match reports whether r's when expression holds for a. Any failure,
 // including a panic inside CEL, is an error.
-func (r *rule) match(a activation) (ok bool, err error) {
+func (r *rule) match(a activation, bounded bool) (ok bool, err error) {
 	if r.prg == nil {
 		return true, nil
+	}
+	prg := r.prg
+	if bounded && r.bounded != nil {
+		prg = r.bounded
 	}
 	defer func() {
 		if p := recover(); p != nil {
 			ok, err = false, fmt.Errorf("panic: %v", p)
 		}
 	}()
-	out, _, err := r.prg.Eval(a)
+	out, _, err := prg.Eval(a)
 	if err != nil {
 		return false, err
 	}
@@ -156,6 +160,7 @@ func (b *Bundle) eval(ctx context.Context, in *action.Action, trace bool) (d Dec
 	var buf [16]int
 	cands := b.candidates(buf[:0], a.Action.Kind, a.Action.Name)
 	act := activation{a: &a}
+	bounded := withinBounds(&a)
 	var failed []ruleError
 	var forbids, approvals, permits []int
 	for _, i := range cands {
@@ -168,7 +173,7 @@ func (b *Bundle) eval(ctx context.Context, in *action.Action, trace bool) (d Dec
 			}
 			continue
 		}
-		ok, err := r.match(act)
+		ok, err := r.match(act, bounded)
 		if trace {
 			traces[i].Candidate, traces[i].Matched = true, ok
 			if err != nil {
@@ -257,4 +262,36 @@ func errorDecision(d Decision, failed []ruleError) Decision {
 		d.Messages = append(d.Messages, fmt.Sprintf("rule %q failed: %v", f.id, f.err))
 	}
 	return d
+}
+
+// withinBounds reports whether every list, map and string of the input is
+// within the sizes the load-time cost estimate assumed (MaxListSize
+// elements, MaxStringSize bytes — a string's CEL size in code points is at
+// most its length in bytes). For such an input a rule's estimated
+// worst-case cost, already checked against the budget, bounds its real cost.
+func withinBounds(a *action.Action) bool {
+	strs := func(l ...string) bool {
+		for _, s := range l {
+			if len(s) > MaxStringSize {
+				return false
+			}
+		}
+		return true
+	}
+	list := func(l []string) bool { return len(l) <= MaxListSize && strs(l...) }
+	p, s, t := &a.Principal, &a.Action, &a.Task
+	if !strs(a.V, a.ID, a.Time, p.ID, p.Attestation, p.User, p.Exe, p.ExeSHA256, p.OnBehalfOf,
+		s.Kind, s.Name, s.ArgsHash, s.Target.Program, s.Target.ProgramSHA256, s.Target.Cwd, s.Target.Host,
+		t.ID, t.RootID, t.ParentID) {
+		return false
+	}
+	if !list(s.Args) || !list(s.Target.Argv) || !list(s.Target.Paths) || !list(t.Labels) || len(a.Env) > MaxListSize {
+		return false
+	}
+	for k, v := range a.Env {
+		if !strs(k, v) {
+			return false
+		}
+	}
+	return true
 }

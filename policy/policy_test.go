@@ -282,7 +282,7 @@ func TestFaultsInsideCELDeny(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := mustLoad(t, header+"rules:\n- {id: r1, effect: permit, when: 'true'}\n")
-			b.rules[0].prg = tc.prg
+			b.rules[0].prg, b.rules[0].bounded = tc.prg, tc.prg
 			d, tr := b.Explain(context.Background(), shellAction("echo", "/usr/bin/echo"))
 			if d.Decision != Deny || !slices.Equal(d.Rules, []string{RuleError}) || !strings.Contains(d.Messages[0], tc.want) {
 				t.Fatalf("got %s %v %q, want deny [%s] mentioning %q", d.Decision, d.Rules, d.Messages, RuleError, tc.want)
@@ -687,6 +687,32 @@ func TestConcurrentEvaluate(t *testing.T) {
 	for range 8 {
 		if e := <-errs; e != "" {
 			t.Errorf("concurrent decision differs: %s", e)
+		}
+	}
+}
+
+// withinBounds decides whether the runtime cost tracker may be skipped; it
+// must say no for any input the load-time estimate did not cover.
+func TestWithinBounds(t *testing.T) {
+	ok := shellAction("echo", "/usr/bin/echo", "hi")
+	if !withinBounds(ok) {
+		t.Fatal("a small action is out of bounds")
+	}
+	long := strings.Repeat("x", MaxStringSize+1)
+	many := make([]string, MaxListSize+1)
+	for name, mutate := range map[string]func(*action.Action){
+		"long arg":     func(a *action.Action) { a.Action.Args = []string{long} },
+		"many args":    func(a *action.Action) { a.Action.Args = many },
+		"long program": func(a *action.Action) { a.Action.Target.Program = long },
+		"many labels":  func(a *action.Action) { a.Task.Labels = many },
+		"long env":     func(a *action.Action) { a.Env = map[string]string{"k": long} },
+		"long env key": func(a *action.Action) { a.Env = map[string]string{long: "v"} },
+		"many paths":   func(a *action.Action) { a.Action.Target.Paths = many },
+	} {
+		a := shellAction("echo", "/usr/bin/echo")
+		mutate(a)
+		if withinBounds(a) {
+			t.Errorf("%s: within bounds", name)
 		}
 	}
 }
