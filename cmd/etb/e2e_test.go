@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"crypto/x509"
+	"encoding/pem"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -326,6 +328,39 @@ func TestConcurrentRunsShareOneLedger(t *testing.T) {
 	for i := 0; i < n; i++ {
 		if v := etb(t, home, "verify", filepath.Join(dir, fmt.Sprintf("ev%d.json", i)), "--trust", trust); v.code != 0 {
 			t.Errorf("verify %d: %s", i, v.stderr)
+		}
+	}
+}
+
+func TestIdentityIssue(t *testing.T) {
+	home, dir := t.TempDir(), t.TempDir()
+	crt, key := filepath.Join(dir, "a.crt"), filepath.Join(dir, "a.key")
+	r := etb(t, home, "identity", "issue", "spiffe://etb.local/agent/builder", "--cert", crt, "--key", key, "--ttl", "10m")
+	if r.code != 0 {
+		t.Fatalf("issue: %d %s", r.code, r.stderr)
+	}
+	raw, err := os.ReadFile(crt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(raw)
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cert.URIs) != 1 || cert.URIs[0].String() != "spiffe://etb.local/agent/builder" || cert.NotAfter.After(time.Now().Add(11*time.Minute)) {
+		t.Fatalf("svid: uris %v not after %s", cert.URIs, cert.NotAfter)
+	}
+	if fi, err := os.Stat(key); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode: %v %v", fi.Mode(), err)
+	}
+	for _, bad := range [][]string{
+		{"identity", "issue", "spiffe://other.td/agent/x"},
+		{"identity", "issue", "not-an-id"},
+		{"identity", "issue", "spiffe://etb.local/agent/x", "--ttl", "48h"},
+	} {
+		if r := etb(t, home, bad...); r.code == 0 {
+			t.Errorf("%v succeeded", bad)
 		}
 	}
 }
