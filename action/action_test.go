@@ -114,14 +114,100 @@ func TestDuration(t *testing.T) {
 		}
 	}
 	a := Obligations{Timeout: Duration(30e9)}
-	if got := a.Tighten(Obligations{Timeout: Duration(10e9)}); got.Timeout != Duration(10e9) {
+	tight := func(x, y Obligations) Obligations {
+		t.Helper()
+		o, err := x.Tighten(y)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return o
+	}
+	if got := tight(a, Obligations{Timeout: Duration(10e9)}); got.Timeout != Duration(10e9) {
 		t.Errorf("tighten kept %v", got.Timeout.D())
 	}
-	if got := a.Tighten(Obligations{}); got.Timeout != a.Timeout {
+	if got := tight(a, Obligations{}); got.Timeout != a.Timeout {
 		t.Errorf("zero loosened to %v", got.Timeout.D())
 	}
-	if got := (Obligations{}).Tighten(a); got.Timeout != a.Timeout {
+	if got := tight(Obligations{}, a); got.Timeout != a.Timeout {
 		t.Errorf("zero base ignored %v", got.Timeout.D())
+	}
+}
+
+// Tighten never allows more than either side allows alone.
+func TestTightenNeverWidens(t *testing.T) {
+	tests := []struct {
+		name string
+		a, b Obligations
+		want Obligations
+	}{
+		{"limits take the smaller", Obligations{CPUSeconds: 5, MemoryBytes: 100}, Obligations{CPUSeconds: 3, MaxProcesses: 7},
+			Obligations{CPUSeconds: 3, MemoryBytes: 100, MaxProcesses: 7}},
+		{"fs paths intersect by containment",
+			Obligations{FS: &FSScope{Read: []string{"/usr", "/etc/hosts"}, Write: []string{"/tmp"}}},
+			Obligations{FS: &FSScope{Read: []string{"/usr/lib", "/etc"}, Write: []string{"/var"}}},
+			Obligations{FS: &FSScope{Read: []string{"/etc/hosts", "/usr/lib"}, Write: []string{}, Exec: []string{}}}},
+		{"a list left out of a present scope allows nothing; write implies read",
+			Obligations{FS: &FSScope{Read: []string{"/usr"}}}, Obligations{FS: &FSScope{Write: []string{"/tmp"}}},
+			Obligations{FS: &FSScope{Read: []string{}, Write: []string{}, Exec: []string{}}}},
+		{"write implies read on both sides",
+			Obligations{FS: &FSScope{Write: []string{"/tmp"}}}, Obligations{FS: &FSScope{Read: []string{"/"}, Write: []string{"/tmp/a"}}},
+			Obligations{FS: &FSScope{Read: []string{"/tmp"}, Write: []string{"/tmp/a"}, Exec: []string{}}}},
+		{"fs unrestricted side is the identity",
+			Obligations{FS: &FSScope{Read: []string{"/usr"}}}, Obligations{},
+			Obligations{FS: &FSScope{Read: []string{"/usr"}}}},
+		{"a prefix that is not a parent does not contain",
+			Obligations{FS: &FSScope{Read: []string{"/usr"}}}, Obligations{FS: &FSScope{Read: []string{"/usrx"}}},
+			Obligations{FS: &FSScope{Read: []string{}, Write: []string{}, Exec: []string{}}}},
+		{"net allow-lists intersect; absent is unrestricted",
+			Obligations{Net: &NetScope{Allow: []string{"a:1", "b:2"}}}, Obligations{Net: &NetScope{Allow: []string{"b:2", "c:3"}}},
+			Obligations{Net: &NetScope{Allow: []string{"b:2"}}}},
+		{"net none wins", Obligations{Net: &NetScope{}}, Obligations{Net: &NetScope{Allow: []string{"a:1"}}},
+			Obligations{Net: &NetScope{Allow: []string{}}}},
+		{"env intersects", Obligations{Env: &EnvScope{Allow: []string{"PATH", "HOME"}}}, Obligations{Env: &EnvScope{Allow: []string{"PATH"}}},
+			Obligations{Env: &EnvScope{Allow: []string{"PATH"}}}},
+		{"same cwd", Obligations{Cwd: "/w"}, Obligations{Cwd: "/w"}, Obligations{Cwd: "/w"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, order := range [][2]Obligations{{tt.a, tt.b}, {tt.b, tt.a}} {
+				got, err := order[0].Tighten(order[1])
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !got.Equal(tt.want) {
+					g, _ := Canonical(got)
+					w, _ := Canonical(tt.want)
+					t.Fatalf("got %s want %s", g, w)
+				}
+			}
+		})
+	}
+	if _, err := (Obligations{Cwd: "/a"}).Tighten(Obligations{Cwd: "/b"}); err == nil {
+		t.Error("two working directories combined without error")
+	}
+	// Absent and empty stay distinct in the canonical form (absent is
+	// unrestricted, empty allows nothing).
+	if (Obligations{}).Equal(Obligations{Net: &NetScope{}}) || (Obligations{FS: &FSScope{}}).Equal(Obligations{FS: &FSScope{Read: []string{}}}) {
+		t.Error("absent and empty scopes compare equal")
+	}
+}
+
+func TestObligationsValidate(t *testing.T) {
+	for name, o := range map[string]Obligations{
+		"relative path": {FS: &FSScope{Read: []string{"usr"}}},
+		"unclean path":  {FS: &FSScope{Write: []string{"/tmp/../etc"}}},
+		"bad host":      {Net: &NetScope{Allow: []string{"example.org"}}},
+		"upper host":    {Net: &NetScope{Allow: []string{"Example.org:443"}}},
+		"bad env":       {Env: &EnvScope{Allow: []string{"A=B"}}},
+		"relative cwd":  {Cwd: "work"},
+	} {
+		if err := o.Validate(); err == nil {
+			t.Errorf("%s: valid", name)
+		}
+	}
+	ok := Obligations{FS: &FSScope{Read: []string{"/usr"}}, Net: &NetScope{Allow: []string{"example.org:443"}}, Env: &EnvScope{Allow: []string{"PATH"}}, Cwd: "/tmp"}
+	if err := ok.Validate(); err != nil || !ok.Sandboxed() || (Obligations{Timeout: 1}).Sandboxed() {
+		t.Fatalf("valid obligations: %v", err)
 	}
 }
 

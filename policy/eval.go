@@ -199,13 +199,21 @@ func (b *Bundle) eval(ctx context.Context, in *action.Action, trace bool) (d Dec
 		d.Decision = Deny
 		b.cite(&d, forbids)
 	case len(approvals) > 0:
+		o, err := b.tighten(approvals, permits)
+		if err != nil {
+			return errorDecision(d, []ruleError{{err: err}}), traces
+		}
 		d.Decision = RequireApproval
 		b.cite(&d, approvals)
-		d.Obligations = b.tighten(approvals, permits)
+		d.Obligations = o
 	case len(permits) > 0:
+		o, err := b.tighten(permits)
+		if err != nil {
+			return errorDecision(d, []ruleError{{err: err}}), traces
+		}
 		d.Decision = Permit
 		b.cite(&d, permits)
-		d.Obligations = b.tighten(permits)
+		d.Obligations = o
 	default:
 		d.Decision = Deny
 		d.Rules = append(d.Rules, RuleDefaultDeny)
@@ -236,15 +244,19 @@ func (b *Bundle) cite(d *Decision, idx []int) {
 }
 
 // tighten returns the defaults tightened by the obligations of every rule
-// in the given lists. Tighten is commutative, so order does not matter.
-func (b *Bundle) tighten(lists ...[]int) action.Obligations {
+// in lists. Obligations that cannot be combined (two working directories)
+// are an error, and the caller denies.
+func (b *Bundle) tighten(lists ...[]int) (action.Obligations, error) {
 	o := b.defaults
 	for _, l := range lists {
 		for _, i := range l {
-			o = o.Tighten(b.rules[i].obligations)
+			var err error
+			if o, err = o.Tighten(b.rules[i].obligations); err != nil {
+				return action.Obligations{}, fmt.Errorf("rule %s: %w", b.rules[i].id, err)
+			}
 		}
 	}
-	return o
+	return o, nil
 }
 
 // errorDecision turns d into a deny naming RuleError, with one message per

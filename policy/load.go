@@ -122,7 +122,9 @@ type selfTest struct {
 var (
 	topKeys         = []string{"version", "name", "description", "defaults", "rules", "tests"}
 	defaultsKeys    = []string{"obligations"}
-	obligationsKeys = []string{"timeout"}
+	obligationsKeys = []string{"timeout", "cpu_seconds", "memory_bytes", "max_processes", "max_file_bytes", "fs", "net", "env", "cwd"}
+	fsKeys          = []string{"read", "write", "exec"}
+	netKeys         = []string{"allow"}
 	ruleKeys        = []string{"id", "effect", "description", "match", "when", "message", "obligations"}
 	matchKeys       = []string{"kind", "name"}
 	testKeys        = []string{"name", "input", "expect"}
@@ -167,6 +169,10 @@ func load(src []byte, budget uint64) (*Bundle, error) {
 	if err != nil {
 		return nil, fmt.Errorf("policy: CEL environment: %w", err)
 	}
+	if err := f.Defaults.Obligations.Validate(); err != nil {
+		return nil, fmt.Errorf("policy: defaults: %w", err)
+	}
+	f.Defaults.Obligations.Normalize()
 	b := &Bundle{
 		src:      slices.Clone(src),
 		name:     f.Name,
@@ -244,7 +250,7 @@ func checkFile(top *yaml.Node) error {
 			return err
 		}
 		if o := mapValue(d, "obligations"); o != nil {
-			if err := checkKeys(o, obligationsKeys, "defaults.obligations"); err != nil {
+			if err := checkObligations(o, "defaults.obligations"); err != nil {
 				return err
 			}
 		}
@@ -275,7 +281,7 @@ func checkFile(top *yaml.Node) error {
 				}
 			}
 			if o := mapValue(r, "obligations"); o != nil {
-				if err := checkKeys(o, obligationsKeys, where+" obligations"); err != nil {
+				if err := checkObligations(o, where+" obligations"); err != nil {
 					return err
 				}
 			}
@@ -302,11 +308,30 @@ func checkFile(top *yaml.Node) error {
 					return err
 				}
 				if o := mapValue(e, "obligations"); o != nil {
-					if err := checkKeys(o, obligationsKeys, where+" expect.obligations"); err != nil {
+					if err := checkObligations(o, where+" expect.obligations"); err != nil {
 						return err
 					}
 				}
 			}
+		}
+	}
+	return nil
+}
+
+// checkObligations rejects unknown keys in an obligations mapping and in
+// its fs and net scopes.
+func checkObligations(o *yaml.Node, where string) error {
+	if err := checkKeys(o, obligationsKeys, where); err != nil {
+		return err
+	}
+	if f := mapValue(o, "fs"); f != nil {
+		if err := checkKeys(f, fsKeys, where+".fs"); err != nil {
+			return err
+		}
+	}
+	if n := mapValue(o, "net"); n != nil {
+		if err := checkKeys(n, netKeys, where+".net"); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -87,7 +87,7 @@ func (d Decision) SameOutcome(o Decision) bool {
 	return d.Decision == o.Decision &&
 		slices.Equal(d.Rules, o.Rules) &&
 		slices.Equal(d.Messages, o.Messages) &&
-		d.Obligations == o.Obligations &&
+		d.Obligations.Equal(o.Obligations) &&
 		slices.Equal(d.LabelsToAdd, o.LabelsToAdd) &&
 		d.Policy == o.Policy &&
 		d.InputHash == o.InputHash &&

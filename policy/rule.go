@@ -81,6 +81,10 @@ func compileRule(env *cel.Env, rd *ruleDoc, budget uint64) (*rule, error) {
 		obligations: rd.Obligations,
 		when:        strings.TrimSpace(rd.When),
 	}
+	if err := r.obligations.Validate(); err != nil {
+		return nil, fmt.Errorf("rule %q: %w", rd.ID, err)
+	}
+	r.obligations.Normalize()
 	r.cited = r.message
 	if r.cited == "" {
 		r.cited = fmt.Sprintf("rule %s: %s", r.id, r.effect)

@@ -30,7 +30,7 @@ func (b *Bundle) RunTests(ctx context.Context) []TestResult {
 				diffs = append(diffs, fmt.Sprintf("rules are %v, want %v", got.Rules, want))
 			}
 		}
-		if t.expect.Obligations != nil && got.Obligations != *t.expect.Obligations {
+		if t.expect.Obligations != nil && !got.Obligations.Equal(*t.expect.Obligations) {
 			diffs = append(diffs, fmt.Sprintf("obligations are {timeout: %s}, want {timeout: %s}", got.Obligations.Timeout.D(), t.expect.Obligations.Timeout.D()))
 		}
 		res.Pass = len(diffs) == 0
