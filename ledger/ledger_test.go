@@ -465,7 +465,7 @@ func TestReopen(t *testing.T) {
 // append transaction once armed.
 type faultStorage struct {
 	Storage
-	failAt string // "entries", "nodes", "checkpoint", "commit" or ""
+	failAt string // "entries", "tiles", "checkpoint", "commit" or ""
 }
 
 type faultTx struct {
@@ -490,8 +490,8 @@ func (t *faultTx) WriteEntries(ctx context.Context, first uint64, e [][]byte) er
 	return nil
 }
 
-func (t *faultTx) WriteNodes(ctx context.Context, ids []compact.NodeID, h [][]byte) error {
-	if err := t.AppendTx.WriteNodes(ctx, ids, h); err != nil || t.failAt == "nodes" {
+func (t *faultTx) WriteTiles(ctx context.Context, tiles []Tile) error {
+	if err := t.AppendTx.WriteTiles(ctx, tiles); err != nil || t.failAt == "tiles" {
 		return errors.Join(err, errInjected)
 	}
 	return nil
@@ -521,7 +521,7 @@ func TestStorageFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	before, _ := f.log.Checkpoint(ctx)
-	for _, at := range []string{"entries", "nodes", "checkpoint", "commit"} {
+	for _, at := range []string{"entries", "tiles", "checkpoint", "commit"} {
 		fs := &faultStorage{Storage: f.st, failAt: at}
 		signer, _ := NewSigner(testOrigin, testKey("log"))
 		l, err := New(ctx, fs, signer, testOrigin)
@@ -546,10 +546,10 @@ func TestStorageFailure(t *testing.T) {
 		}
 		var n int
 		f.db.QueryRow("SELECT COUNT(*) FROM ledger_entries").Scan(&n)
-		var nodes int
-		f.db.QueryRow("SELECT COUNT(*) FROM ledger_nodes").Scan(&nodes)
-		if n != 1 || nodes != 1 {
-			t.Fatalf("fail at %s: %d entries and %d nodes stored, want 1 and 1", at, n, nodes)
+		var tiles int
+		f.db.QueryRow("SELECT COUNT(*) FROM ledger_tiles").Scan(&tiles)
+		if n != 1 || tiles != 1 {
+			t.Fatalf("fail at %s: %d entries and %d tiles stored, want 1 and 1", at, n, tiles)
 		}
 	}
 	// The log still works after the failures.
@@ -623,13 +623,18 @@ func TestStoredRowsImmutable(t *testing.T) {
 	}
 	for _, q := range []string{
 		"UPDATE ledger_entries SET data = x'00' WHERE idx = 0",
-		"DELETE FROM ledger_entries WHERE idx = 1",
-		"UPDATE ledger_nodes SET hash = zeroblob(32) WHERE level = 0 AND idx = 0",
-		"DELETE FROM ledger_nodes",
+		"DELETE FROM ledger_entries",
+		"UPDATE ledger_tiles SET hashes = zeroblob(64) WHERE level = 0 AND idx = 0",
+		"DELETE FROM ledger_tiles",
 		"UPDATE ledger_checkpoints SET note = x'00'",
 		"DELETE FROM ledger_checkpoints",
-		"INSERT INTO ledger_entries (idx, data) VALUES (0, x'01')",
-		"INSERT INTO ledger_nodes (level, idx, hash) VALUES (0, 0, zeroblob(32))",
+		"INSERT INTO ledger_entries (idx, count, data) VALUES (0, 1, x'000101')",
+		"INSERT INTO ledger_entries (idx, count, data) VALUES (-1, 1, x'000101')",
+		"INSERT INTO ledger_entries (idx, count, data) VALUES (5, 0, x'')",
+		"INSERT INTO ledger_tiles (level, idx, width, hashes) VALUES (0, 0, 2, zeroblob(64))",
+		"INSERT INTO ledger_tiles (level, idx, width, hashes) VALUES (0, 0, 3, zeroblob(64))",
+		"INSERT INTO ledger_tiles (level, idx, width, hashes) VALUES (64, 0, 1, zeroblob(32))",
+		"INSERT INTO ledger_tiles (level, idx, width, hashes) VALUES (0, 1, 257, zeroblob(8224))",
 		"INSERT INTO ledger_checkpoints (size, note) VALUES (2, x'00')",
 	} {
 		if _, err := f.db.ExecContext(ctx, q); err == nil {
@@ -652,10 +657,16 @@ func TestTamperedStoreRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	cp, _ := f.log.Checkpoint(ctx)
-	if _, err := f.db.ExecContext(ctx, "DROP TRIGGER ledger_nodes_immutable"); err != nil {
+	if _, err := f.db.ExecContext(ctx, "DROP TRIGGER ledger_tiles_immutable"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.db.ExecContext(ctx, "UPDATE ledger_nodes SET hash = zeroblob(32) WHERE level = 0 AND idx = 2"); err != nil {
+	// Replace the third leaf hash of the edge tile.
+	bad := make([]byte, 3*HashSize)
+	if err := f.db.QueryRowContext(ctx, "SELECT hashes FROM ledger_tiles WHERE level = 0 AND idx = 0 AND width = 3").Scan(&bad); err != nil {
+		t.Fatal(err)
+	}
+	bad[2*HashSize] ^= 1
+	if _, err := f.db.ExecContext(ctx, "UPDATE ledger_tiles SET hashes = ? WHERE level = 0 AND idx = 0 AND width = 3", bad); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.log.Append(ctx, entryData(3)); err == nil || !strings.Contains(err.Error(), "does not match the stored tree") {
@@ -747,6 +758,9 @@ func checkTree(t *testing.T, f *fixture, n int) {
 	}
 	if cp.Size != uint64(n) {
 		t.Fatalf("size %d, want %d", cp.Size, n)
+	}
+	if rep, err := Fsck(ctx, f.st, f.v); err != nil || rep.Size != cp.Size {
+		t.Fatalf("fsck: %+v, %v", rep, err)
 	}
 	all, err := f.log.Entries(ctx, 0, cp.Size)
 	if err != nil {

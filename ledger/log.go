@@ -17,14 +17,22 @@ import (
 
 // Limits of entries and append batches.
 const (
-	MaxEntrySize    = 64 << 10 // bytes of one entry
-	MaxBatchEntries = 1024     // entries in one transaction (and one Append call)
-	MaxBatchBytes   = 4 << 20  // entry bytes in one transaction (and one Append call)
-	MaxReadEntries  = 1 << 16  // entries returned by one Entries call
+	MaxEntrySize    = 1<<16 - 1 // bytes of one entry (tlog-tiles entry bundles use uint16 lengths)
+	MaxBatchEntries = 1024      // entries in one transaction (and one Append call)
+	MaxBatchBytes   = 4 << 20   // entry bytes in one transaction (and one Append call)
+	MaxReadEntries  = 1 << 16   // entries returned by one Entries call
 )
 
 // batchTimeout bounds one append transaction, lock wait included.
 const batchTimeout = 30 * time.Second
+
+// waitPoll is how often WaitCheckpoint re-reads the storage, for
+// checkpoints committed by other Logs on the same storage.
+const waitPoll = 20 * time.Millisecond
+
+// batchLinger is the longest a batch smaller than the previous one waits for
+// more requests before it is committed (see Log.sequence).
+const batchLinger = 500 * time.Microsecond
 
 // ErrClosed is returned by Append after Close, and to appends still queued
 // when Close is called.
@@ -46,6 +54,9 @@ type Log struct {
 	shut bool
 	quit chan struct{}
 	done chan struct{}
+
+	notifyMu sync.Mutex
+	notify   chan struct{} // closed and replaced after every commit
 
 	batches atomic.Uint64
 	entries atomic.Uint64
@@ -89,6 +100,7 @@ func New(ctx context.Context, st Storage, signer note.Signer, origin string) (*L
 		factory: &compact.RangeFactory{Hash: hasher.HashChildren},
 		reqs:    make(chan *appendReq, 4*MaxBatchEntries),
 		quit:    make(chan struct{}),
+		notify:  make(chan struct{}),
 		done:    make(chan struct{}),
 	}
 	if _, err := l.commit(ctx, nil); err != nil {
@@ -174,12 +186,32 @@ func (l *Log) Stats() Stats {
 	return Stats{Batches: l.batches.Load(), Entries: l.entries.Load()}
 }
 
-// sequence is the single sequencer goroutine: it takes queued requests,
-// coalesces them into batches bounded by MaxBatchEntries and MaxBatchBytes,
-// and commits each batch in one transaction.
+// sequence is the single sequencer goroutine of a Log.
+//
+// Durability comes from group commit: every append waits for one storage
+// transaction that writes its entries, the tiles they extend and a signed
+// checkpoint, and syncs once. A sync costs about as much for one entry as
+// for a hundred, so the sequencer puts every request queued by the time the
+// transaction is ready to write into it, and throughput grows with load
+// while an idle log still commits a lone append at once.
+//
+// The first request of a batch starts the transaction: opening it (taking
+// the write lock, reading and verifying the committed state) takes a few
+// hundred microseconds, during which callers answered by the previous batch
+// re-queue. Only then is the batch closed. The lock is never held while the
+// log is idle: a transaction is opened only for a waiting request.
+//
+// Callers woken by the previous batch re-queue one by one, so a batch closed
+// too early would catch only the first of them and the next sync would carry
+// a small batch. A batch still smaller than the previous one therefore
+// lingers up to batchLinger for more requests; it never waits once it is as
+// large as the last batch, so a serial caller sees no added latency.
 func (l *Log) sequence() {
 	defer close(l.done)
 	var carry *appendReq
+	last := 0 // entries in the previous batch
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
 	for {
 		var batch []*appendReq
 		if carry != nil {
@@ -193,23 +225,40 @@ func (l *Log) sequence() {
 				return
 			}
 		}
+		ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+		bt, openErr := l.open(ctx)
 		n, size := len(batch[0].entries), batch[0].size
+		var linger <-chan time.Time // non-nil once this batch lingers
 	fill:
-		for {
+		for n < MaxBatchEntries {
 			select {
 			case r := <-l.reqs:
-				if n+len(r.entries) > MaxBatchEntries || size+r.size > MaxBatchBytes {
-					carry = r
+				if !l.add(&batch, &n, &size, &carry, r) {
 					break fill
 				}
-				batch = append(batch, r)
-				n += len(r.entries)
-				size += r.size
+				continue
 			default:
+			}
+			if n >= last || openErr != nil {
+				break
+			}
+			if linger == nil {
+				timer.Reset(batchLinger)
+				linger = timer.C
+			}
+			select {
+			case r := <-l.reqs:
+				if !l.add(&batch, &n, &size, &carry, r) {
+					break fill
+				}
+			case <-linger:
 				break fill
 			}
 		}
-		l.commitBatch(batch, n)
+		timer.Stop() // Go >= 1.23: no stale tick can be received after Stop
+		last = n
+		l.commitBatch(ctx, batch, n, bt, openErr)
+		cancel()
 		select {
 		case <-l.quit:
 			if carry != nil {
@@ -220,6 +269,20 @@ func (l *Log) sequence() {
 		default:
 		}
 	}
+}
+
+// add adds r to the batch unless that would exceed MaxBatchEntries or
+// MaxBatchBytes; then r becomes the carry for the next batch and add
+// reports false.
+func (l *Log) add(batch *[]*appendReq, n, size *int, carry **appendReq, r *appendReq) bool {
+	if *n+len(r.entries) > MaxBatchEntries || *size+r.size > MaxBatchBytes {
+		*carry = r
+		return false
+	}
+	*batch = append(*batch, r)
+	*n += len(r.entries)
+	*size += r.size
+	return true
 }
 
 func (l *Log) failQueued() {
@@ -233,9 +296,10 @@ func (l *Log) failQueued() {
 	}
 }
 
-// commitBatch commits the requests of batch (n entries in all) and answers
+// commitBatch commits the requests of batch (n entries in all) in the
+// transaction opened for it (or fails them all with openErr) and answers
 // every request.
-func (l *Log) commitBatch(batch []*appendReq, n int) {
+func (l *Log) commitBatch(ctx context.Context, batch []*appendReq, n int, bt *batchTx, openErr error) {
 	live := batch[:0]
 	entries := make([][]byte, 0, n)
 	for _, r := range batch {
@@ -247,11 +311,15 @@ func (l *Log) commitBatch(batch []*appendReq, n int) {
 		entries = append(entries, r.entries...)
 	}
 	if len(live) == 0 {
+		if openErr == nil {
+			_ = bt.tx.Rollback()
+		}
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
-	first, err := l.commit(ctx, entries)
-	cancel()
+	first, err := uint64(0), openErr
+	if err == nil {
+		first, err = l.finish(ctx, bt, entries)
+	}
 	for _, r := range live {
 		if err != nil {
 			r.res <- appendRes{err: err}
@@ -262,15 +330,35 @@ func (l *Log) commitBatch(batch []*appendReq, n int) {
 	}
 }
 
+// batchTx is an open append transaction whose committed state has been read
+// and verified (step 1 of the package documentation).
+type batchTx struct {
+	tx    AppendTx
+	count uint64           // committed entries = latest checkpoint size
+	rng   *compact.Range   // compact range [0, count)
+	edge  map[uint8][]byte // partial tile of each level at count
+	empty bool             // no checkpoint committed yet
+}
+
 // commit appends entries in one exclusive storage transaction and returns
 // the index of the first. With no entries it only makes sure a checkpoint
-// exists (the empty tree's) and checks the store (New uses that). Before appending it checks that the stored
-// entry count, the latest checkpoint and the stored right border of the tree
-// agree, so a damaged store is refused rather than extended.
-func (l *Log) commit(ctx context.Context, entries [][]byte) (first uint64, err error) {
-	tx, err := l.st.BeginAppend(ctx)
+// exists (the empty tree's) and checks the store (New uses that).
+func (l *Log) commit(ctx context.Context, entries [][]byte) (uint64, error) {
+	bt, err := l.open(ctx)
 	if err != nil {
 		return 0, err
+	}
+	return l.finish(ctx, bt, entries)
+}
+
+// open begins an append transaction and checks, under the write lock, that
+// the stored entry count, the latest checkpoint and the stored edge tiles
+// agree, so that a damaged store is refused rather than extended. On error
+// the transaction is rolled back.
+func (l *Log) open(ctx context.Context) (_ *batchTx, err error) {
+	tx, err := l.st.BeginAppend(ctx)
+	if err != nil {
+		return nil, err
 	}
 	defer func() {
 		if err != nil {
@@ -279,44 +367,61 @@ func (l *Log) commit(ctx context.Context, entries [][]byte) (first uint64, err e
 	}()
 	count, err := tx.EntryCount(ctx)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	cpSize, cpNote, err := tx.LatestCheckpoint(ctx)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		if count != 0 {
-			return 0, fmt.Errorf("ledger: store of %q has %d entries but no checkpoint", l.origin, count)
+			return nil, fmt.Errorf("ledger: store of %q has %d entries but no checkpoint", l.origin, count)
 		}
-		if len(entries) == 0 {
+		return &batchTx{tx: tx, rng: l.factory.NewEmptyRange(0), edge: map[uint8][]byte{}, empty: true}, nil
+	case err != nil:
+		return nil, err
+	case cpSize != count:
+		return nil, fmt.Errorf("ledger: store of %q has %d entries but its latest checkpoint has size %d", l.origin, count, cpSize)
+	}
+	rng, edge, err := l.border(ctx, tx, count)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.checkStored(cpNote, count, rng); err != nil {
+		return nil, err
+	}
+	return &batchTx{tx: tx, count: count, rng: rng, edge: edge}, nil
+}
+
+// finish appends entries in the open transaction bt (steps 2 to 4) and
+// commits, or, with no entries, commits the empty tree's checkpoint if the
+// store has none and otherwise rolls back. On error nothing is committed.
+func (l *Log) finish(ctx context.Context, bt *batchTx, entries [][]byte) (_ uint64, err error) {
+	tx, count, rng := bt.tx, bt.count, bt.rng
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback()
+		}
+	}()
+	if len(entries) == 0 {
+		if bt.empty {
 			if err := l.writeCheckpoint(ctx, tx, 0, hasher.EmptyRoot()); err != nil {
 				return 0, err
 			}
 			return 0, tx.Commit()
 		}
-	case err != nil:
-		return 0, err
-	default:
-		if cpSize != count {
-			return 0, fmt.Errorf("ledger: store of %q has %d entries but its latest checkpoint has size %d", l.origin, count, cpSize)
-		}
-	}
-	rng, err := l.border(ctx, tx, count)
-	if err != nil {
-		return 0, err
-	}
-	if cpNote != nil {
-		if err := l.checkStored(cpNote, count, rng); err != nil {
-			return 0, err
-		}
-	}
-	if len(entries) == 0 {
 		return 0, tx.Rollback()
 	}
-	var ids []compact.NodeID
-	var hashes [][]byte
+	// Every new hash at a tile level (tree level 8L) extends the edge tile
+	// of level L; the compact range reports them in index order.
+	var fresh [][][]byte
 	visit := func(id compact.NodeID, h []byte) {
-		ids = append(ids, id)
-		hashes = append(hashes, h)
+		if id.Level%TileHeight != 0 {
+			return
+		}
+		lv := int(id.Level / TileHeight)
+		for len(fresh) <= lv {
+			fresh = append(fresh, nil)
+		}
+		fresh[lv] = append(fresh[lv], h)
 	}
 	for _, e := range entries {
 		if err := rng.Append(hasher.HashLeaf(e), visit); err != nil {
@@ -330,7 +435,7 @@ func (l *Log) commit(ctx context.Context, entries [][]byte) (first uint64, err e
 	if err := tx.WriteEntries(ctx, count, entries); err != nil {
 		return 0, err
 	}
-	if err := tx.WriteNodes(ctx, ids, hashes); err != nil {
+	if err := tx.WriteTiles(ctx, extendTiles(count, bt.edge, fresh)); err != nil {
 		return 0, err
 	}
 	if err := l.writeCheckpoint(ctx, tx, rng.End(), root); err != nil {
@@ -341,21 +446,80 @@ func (l *Log) commit(ctx context.Context, entries [][]byte) (first uint64, err e
 	}
 	l.batches.Add(1)
 	l.entries.Add(uint64(len(entries)))
+	l.notifyMu.Lock()
+	close(l.notify)
+	l.notify = make(chan struct{})
+	l.notifyMu.Unlock()
 	return count, nil
 }
 
-// border loads the compact range [0, size) from the stored subtree hashes.
-func (l *Log) border(ctx context.Context, tx AppendTx, size uint64) (*compact.Range, error) {
-	ids := compact.RangeNodes(0, size, nil)
-	hashes, err := tx.Nodes(ctx, ids)
+// border loads the edge tiles of the tree of size size (the partial tile of
+// every level, whose stored width must be exactly the one that size implies)
+// and the compact range [0, size) computed from them.
+func (l *Log) border(ctx context.Context, tx AppendTx, size uint64) (*compact.Range, map[uint8][]byte, error) {
+	edge := map[uint8][]byte{}
+	var ids []TileID
+	for lv := uint8(0); lv <= MaxLevel && levelCount(lv, size) > 0; lv++ {
+		if levelCount(lv, size)%TileWidth != 0 {
+			ids = append(ids, TileID{Level: lv, Index: levelCount(lv, size) / TileWidth})
+		}
+	}
+	hs, err := tx.Tiles(ctx, ids)
 	if err != nil {
-		return nil, fmt.Errorf("ledger: right border at size %d: %w", size, err)
+		return nil, nil, fmt.Errorf("ledger: right border at size %d: %w", size, err)
+	}
+	for i, id := range ids {
+		if got, want := len(hs[i])/HashSize, tileWidthAt(id, size); got != want {
+			return nil, nil, fmt.Errorf("ledger: store of %q at size %d: widest tile %d/%d has width %d, want %d", l.origin, size, id.Level, id.Index, got, want)
+		}
+		edge[id.Level] = hs[i]
+	}
+	rd := newTileReader(func(_ context.Context, ids []TileID) ([][]byte, error) {
+		out := make([][]byte, len(ids))
+		for i, id := range ids {
+			if out[i] = edge[id.Level]; out[i] == nil || tileWidthAt(id, size) == TileWidth {
+				return nil, fmt.Errorf("ledger: right border at size %d needs tile %d/%d: %w", size, id.Level, id.Index, ErrNotFound)
+			}
+		}
+		return out, nil
+	})
+	hashes, err := rd.nodes(ctx, compact.RangeNodes(0, size, nil))
+	if err != nil {
+		return nil, nil, fmt.Errorf("ledger: right border at size %d: %w", size, err)
 	}
 	rng, err := l.factory.NewRange(0, size, hashes)
 	if err != nil {
-		return nil, fmt.Errorf("ledger: right border at size %d: %w", size, err)
+		return nil, nil, fmt.Errorf("ledger: right border at size %d: %w", size, err)
 	}
-	return rng, nil
+	return rng, edge, nil
+}
+
+// extendTiles returns the tiles to write when the tree of size oldSize, whose
+// partial tiles are edge (by level), grows by fresh[L] hashes at each tile
+// level L: each touched tile once, at its new width. Full tiles are never
+// written twice; a partial tile grows as a new, wider row.
+func extendTiles(oldSize uint64, edge map[uint8][]byte, fresh [][][]byte) []Tile {
+	var out []Tile
+	for lv, hs := range fresh {
+		if len(hs) == 0 {
+			continue
+		}
+		id := TileID{Level: uint8(lv), Index: levelCount(uint8(lv), oldSize) / TileWidth}
+		cur := make([]byte, 0, TileWidth*HashSize)
+		cur = append(cur, edge[uint8(lv)]...)
+		for _, h := range hs {
+			cur = append(cur, h...)
+			if len(cur) == TileWidth*HashSize {
+				out = append(out, Tile{TileID: id, Hashes: cur})
+				id.Index++
+				cur = make([]byte, 0, TileWidth*HashSize)
+			}
+		}
+		if len(cur) > 0 {
+			out = append(out, Tile{TileID: id, Hashes: cur})
+		}
+	}
+	return out
 }
 
 // checkStored verifies that the stored latest checkpoint is this log's and
@@ -387,11 +551,20 @@ func rootOf(rng *compact.Range) ([]byte, error) {
 }
 
 func (l *Log) writeCheckpoint(ctx context.Context, tx AppendTx, size uint64, root []byte) error {
-	signed, err := note.Sign(&note.Note{Text: string(marshalBody(l.origin, size, root))}, l.signer)
+	signed, err := signNote(l.signer, l.origin, size, root)
 	if err != nil {
-		return fmt.Errorf("ledger: sign checkpoint of %q at size %d: %w", l.origin, size, err)
+		return err
 	}
 	return tx.WriteCheckpoint(ctx, size, signed)
+}
+
+// signNote returns the checkpoint signed note of origin at size and root.
+func signNote(signer note.Signer, origin string, size uint64, root []byte) ([]byte, error) {
+	signed, err := note.Sign(&note.Note{Text: string(marshalBody(origin, size, root))}, signer)
+	if err != nil {
+		return nil, fmt.Errorf("ledger: sign checkpoint of %q at size %d: %w", origin, size, err)
+	}
+	return signed, nil
 }
 
 // parseOwn parses a checkpoint note read from this log's storage. The
@@ -493,7 +666,7 @@ func (l *Log) ConsistencyProof(ctx context.Context, from, to uint64) ([][]byte, 
 }
 
 func (l *Log) rehash(ctx context.Context, nodes proof.Nodes) ([][]byte, error) {
-	hashes, err := l.st.Nodes(ctx, nodes.IDs)
+	hashes, err := newTileReader(l.st.Tiles).nodes(ctx, nodes.IDs)
 	if err != nil {
 		return nil, err
 	}
@@ -534,4 +707,44 @@ func (l *Log) ProveEntry(ctx context.Context, index uint64, cp Checkpoint) ([]by
 		return nil, fmt.Errorf("ledger: prove entry %d at size %d: stored hashes do not verify: %w", index, cp.Size, err)
 	}
 	return Proof{Index: index, Hashes: hashes, Checkpoint: cp.Note}.Marshal(), nil
+}
+
+// Origin returns the log's origin: the checkpoint origin line and the name
+// of its signing key.
+func (l *Log) Origin() string { return l.origin }
+
+// WaitCheckpoint waits until a checkpoint covering entry index (of size
+// greater than index) is committed and returns the first such checkpoint,
+// which, with one checkpoint per batch, is the one committed with the entry.
+// It returns early with the context's error. The checkpoint's signature is
+// the log's own and is not re-verified here.
+func (l *Log) WaitCheckpoint(ctx context.Context, index uint64) (Checkpoint, error) {
+	for {
+		l.notifyMu.Lock()
+		ch := l.notify // taken before the read, so no commit is missed
+		l.notifyMu.Unlock()
+		size, n, err := l.st.CheckpointCovering(ctx, index)
+		if err == nil {
+			cp, err := l.parseOwn(n)
+			if err != nil {
+				return Checkpoint{}, err
+			}
+			if cp.Size != size || cp.Size <= index {
+				return Checkpoint{}, fmt.Errorf("ledger: checkpoint stored at size %d says size %d, want > %d", size, cp.Size, index)
+			}
+			return cp, nil
+		}
+		if !errors.Is(err, ErrNotFound) {
+			return Checkpoint{}, err
+		}
+		t := time.NewTimer(waitPoll)
+		select {
+		case <-ch:
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return Checkpoint{}, fmt.Errorf("ledger: wait for checkpoint covering index %d: %w", index, ctx.Err())
+		}
+		t.Stop()
+	}
 }

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/transparency-dev/merkle/compact"
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 )
 
@@ -47,14 +46,16 @@ func OpenSQLite(ctx context.Context, path string) (*sql.DB, error) {
 
 const sqliteSchema = `
 CREATE TABLE IF NOT EXISTS ledger_entries (
-	idx  INTEGER PRIMARY KEY CHECK (idx >= 0),
-	data BLOB NOT NULL
+	idx   INTEGER PRIMARY KEY CHECK (idx >= 0),
+	count INTEGER NOT NULL CHECK (count >= 1),
+	data  BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS ledger_nodes (
-	level INTEGER NOT NULL CHECK (level >= 0 AND level < 64),
-	idx   INTEGER NOT NULL CHECK (idx >= 0),
-	hash  BLOB NOT NULL CHECK (length(hash) = 32),
-	PRIMARY KEY (level, idx)
+CREATE TABLE IF NOT EXISTS ledger_tiles (
+	level  INTEGER NOT NULL CHECK (level >= 0 AND level <= 63),
+	idx    INTEGER NOT NULL CHECK (idx >= 0),
+	width  INTEGER NOT NULL CHECK (width >= 1 AND width <= 256),
+	hashes BLOB NOT NULL CHECK (length(hashes) = 32 * width),
+	PRIMARY KEY (level, idx, width)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ledger_checkpoints (
 	size INTEGER PRIMARY KEY CHECK (size >= 0),
@@ -64,10 +65,10 @@ CREATE TRIGGER IF NOT EXISTS ledger_entries_immutable BEFORE UPDATE ON ledger_en
 	BEGIN SELECT RAISE(ABORT, 'ledger entries are immutable'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_entries_undeletable BEFORE DELETE ON ledger_entries
 	BEGIN SELECT RAISE(ABORT, 'ledger entries are undeletable'); END;
-CREATE TRIGGER IF NOT EXISTS ledger_nodes_immutable BEFORE UPDATE ON ledger_nodes
-	BEGIN SELECT RAISE(ABORT, 'ledger nodes are immutable'); END;
-CREATE TRIGGER IF NOT EXISTS ledger_nodes_undeletable BEFORE DELETE ON ledger_nodes
-	BEGIN SELECT RAISE(ABORT, 'ledger nodes are undeletable'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_tiles_immutable BEFORE UPDATE ON ledger_tiles
+	BEGIN SELECT RAISE(ABORT, 'ledger tiles are immutable'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_tiles_undeletable BEFORE DELETE ON ledger_tiles
+	BEGIN SELECT RAISE(ABORT, 'ledger tiles are undeletable'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_checkpoints_immutable BEFORE UPDATE ON ledger_checkpoints
 	BEGIN SELECT RAISE(ABORT, 'ledger checkpoints are immutable'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_checkpoints_undeletable BEFORE DELETE ON ledger_checkpoints
@@ -75,12 +76,15 @@ CREATE TRIGGER IF NOT EXISTS ledger_checkpoints_undeletable BEFORE DELETE ON led
 `
 
 // SQLiteStorage is the Storage of a log in the tables ledger_entries,
-// ledger_nodes and ledger_checkpoints of a SQLite database opened with
-// OpenSQLite. Primary keys refuse a second row at an index, and triggers
+// ledger_tiles and ledger_checkpoints of a SQLite database opened with
+// OpenSQLite. An entry row holds the entries of one append batch: idx is
+// the index of its first entry, count their number, and data the entries
+// in the tlog-tiles entry bundle encoding (big-endian uint16 length, bytes). Primary keys refuse a second row at an index, and triggers
 // refuse UPDATE and DELETE. (INSERT OR REPLACE is not guarded: a per-row
 // trigger for it cost about 10% of append throughput; the sequencer never
-// issues it, and a replaced row is caught by the next append's border check
-// and by every verifier.)
+// issues it. A replaced edge tile or latest checkpoint is caught by the next
+// append's check, a replaced entry by ProveEntry, which verifies what it
+// serves, and any replaced row by Fsck.)
 type SQLiteStorage struct {
 	db *sql.DB
 }
@@ -132,103 +136,220 @@ func (s *SQLiteStorage) Entries(ctx context.Context, from, to uint64) ([][]byte,
 	if from > to {
 		return nil, fmt.Errorf("ledger: entries [%d, %d): from exceeds to", from, to)
 	}
+	if _, err := toInt64(to, "entry index"); err != nil {
+		return nil, err
+	}
+	out := make([][]byte, 0, min(to-from, 1024))
+	if from == to {
+		return out, nil
+	}
+	next := from // next index wanted
+	err := scanEntryRows(ctx, s.db, from, func(idx, count uint64, data []byte) error {
+		if idx > next {
+			return fmt.Errorf("ledger: read entries [%d, %d): entry %d: %w", from, to, next, ErrNotFound)
+		}
+		if next == from && idx+count <= from {
+			return nil // the row before from; from is in a later row or missing
+		}
+		if next != from && idx != next {
+			return fmt.Errorf("ledger: read entries [%d, %d): entry row at %d (%d entries) overlaps the row before", from, to, idx, count)
+		}
+		es, err := decodeEntryRow(idx, count, data)
+		if err != nil {
+			return err
+		}
+		for i := next - idx; i < count && next < to; i++ {
+			out = append(out, es[i])
+			next++
+		}
+		if next == to {
+			return errStopScan
+		}
+		return nil
+	})
+	if err != nil && err != errStopScan {
+		return nil, err
+	}
+	if next != to {
+		return nil, fmt.Errorf("ledger: read entries [%d, %d): entry %d: %w", from, to, next, ErrNotFound)
+	}
+	return out, nil
+}
+
+// errStopScan ends an entry row scan early; it is never returned.
+var errStopScan = errors.New("ledger: stop scan")
+
+// scanEntryRows calls fn for each entry row that holds an index >= from (the
+// last row starting at or before from, and every row after it), in order.
+func scanEntryRows(ctx context.Context, q querier, from uint64, fn func(idx, count uint64, data []byte) error) error {
 	f, err := toInt64(from, "entry index")
 	if err != nil {
-		return nil, err
+		return err
 	}
-	t, err := toInt64(to, "entry index")
-	if err != nil {
-		return nil, err
+	return scan(ctx, q, "entries", func(r *sql.Rows) error {
+		var idx, count int64
+		var data []byte
+		if err := r.Scan(&idx, &count, &data); err != nil {
+			return err
+		}
+		if idx < 0 || count < 1 {
+			return fmt.Errorf("ledger: entry row at %d has count %d", idx, count)
+		}
+		return fn(uint64(idx), uint64(count), data)
+	}, `SELECT idx, count, data FROM ledger_entries
+		WHERE idx >= (SELECT COALESCE(MAX(idx), 0) FROM ledger_entries WHERE idx <= ?)
+		ORDER BY idx`, f)
+}
+
+// encodeEntryRow encodes entries as one row's data: each entry as a
+// big-endian uint16 length and its bytes (the tlog-tiles entry bundle
+// encoding).
+func encodeEntryRow(entries [][]byte) ([]byte, error) {
+	n := 0
+	for _, e := range entries {
+		n += 2 + len(e)
 	}
-	rows, err := s.db.QueryContext(ctx, "SELECT idx, data FROM ledger_entries WHERE idx >= ? AND idx < ? ORDER BY idx", f, t)
+	out := make([]byte, 0, n)
+	for i, e := range entries {
+		if len(e) == 0 || len(e) > MaxEntrySize {
+			return nil, fmt.Errorf("ledger: entry %d of the row is %d bytes, want 1..%d", i, len(e), MaxEntrySize)
+		}
+		out = append(out, byte(len(e)>>8), byte(len(e)))
+		out = append(out, e...)
+	}
+	return out, nil
+}
+
+// decodeEntryRow decodes the data of the entry row at idx, which must hold
+// exactly count entries of 1..MaxEntrySize bytes and nothing else.
+func decodeEntryRow(idx, count uint64, data []byte) ([][]byte, error) {
+	out := make([][]byte, 0, min(count, MaxBatchEntries))
+	for len(data) > 0 {
+		if len(data) < 2 {
+			return nil, fmt.Errorf("ledger: entry row at %d is malformed: truncated length of entry %d", idx, idx+uint64(len(out)))
+		}
+		n := int(data[0])<<8 | int(data[1])
+		if n == 0 || len(data)-2 < n {
+			return nil, fmt.Errorf("ledger: entry row at %d is malformed: entry %d has length %d with %d bytes left", idx, idx+uint64(len(out)), n, len(data)-2)
+		}
+		out = append(out, data[2:2+n])
+		data = data[2+n:]
+	}
+	if uint64(len(out)) != count {
+		return nil, fmt.Errorf("ledger: entry row at %d is malformed: %d entries, its count says %d", idx, len(out), count)
+	}
+	return out, nil
+}
+
+// Tiles implements Storage.
+func (s *SQLiteStorage) Tiles(ctx context.Context, ids []TileID) ([][]byte, error) {
+	return readTiles(ctx, s.db, ids)
+}
+
+// readTiles reads the widest stored row of each tile, one indexed query per
+// tile (a descending scan of the primary key that stops at the first row).
+func readTiles(ctx context.Context, q querier, ids []TileID) ([][]byte, error) {
+	out := make([][]byte, len(ids))
+	for i, id := range ids {
+		idx, err := toInt64(id.Index, "tile index")
+		if err != nil {
+			return nil, err
+		}
+		var h []byte
+		err = q.QueryRowContext(ctx, "SELECT hashes FROM ledger_tiles WHERE level = ? AND idx = ? ORDER BY width DESC LIMIT 1", int64(id.Level), idx).Scan(&h)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, fmt.Errorf("ledger: tile %d/%d: %w", id.Level, id.Index, ErrNotFound)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("ledger: read tile %d/%d: %w", id.Level, id.Index, err)
+		}
+		if len(h) == 0 || len(h)%HashSize != 0 || len(h) > TileWidth*HashSize {
+			return nil, fmt.Errorf("ledger: tile %d/%d is %d bytes, not 1..%d hashes", id.Level, id.Index, len(h), TileWidth)
+		}
+		out[i] = h
+	}
+	return out, nil
+}
+
+// CheckpointCovering implements Storage.
+func (s *SQLiteStorage) CheckpointCovering(ctx context.Context, index uint64) (uint64, []byte, error) {
+	i, err := toInt64(index, "entry index")
 	if err != nil {
-		return nil, fmt.Errorf("ledger: read entries [%d, %d): %w", from, to, err)
+		return 0, nil, err
+	}
+	var size int64
+	var n []byte
+	err = s.db.QueryRowContext(ctx, "SELECT size, note FROM ledger_checkpoints WHERE size > ? ORDER BY size LIMIT 1", i).Scan(&size, &n)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil, fmt.Errorf("ledger: checkpoint covering index %d: %w", index, ErrNotFound)
+	}
+	if err != nil {
+		return 0, nil, fmt.Errorf("ledger: checkpoint covering index %d: %w", index, err)
+	}
+	return uint64(size), n, nil
+}
+
+// ScanEntries implements Storage. A malformed entry row is an error.
+func (s *SQLiteStorage) ScanEntries(ctx context.Context, from uint64, fn func(uint64, []byte) error) error {
+	return scanEntryRows(ctx, s.db, from, func(idx, count uint64, data []byte) error {
+		es, err := decodeEntryRow(idx, count, data)
+		if err != nil {
+			return err
+		}
+		for i, e := range es {
+			if idx+uint64(i) >= from {
+				if err := fn(idx+uint64(i), e); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// ScanTiles implements Storage.
+func (s *SQLiteStorage) ScanTiles(ctx context.Context, fn func(Tile) error) error {
+	return scan(ctx, s.db, "tiles", func(r *sql.Rows) error {
+		var level, idx, width int64
+		var h []byte
+		if err := r.Scan(&level, &idx, &width, &h); err != nil {
+			return err
+		}
+		if level < 0 || level > MaxLevel || idx < 0 || width < 1 || width > TileWidth || len(h) != int(width)*HashSize {
+			return fmt.Errorf("ledger: tile row (level %d, index %d, width %d) with %d bytes of hashes is malformed", level, idx, width, len(h))
+		}
+		return fn(Tile{TileID: TileID{Level: uint8(level), Index: uint64(idx)}, Hashes: h})
+	}, "SELECT level, idx, width, hashes FROM ledger_tiles ORDER BY level, idx, width")
+}
+
+// ScanCheckpoints implements Storage.
+func (s *SQLiteStorage) ScanCheckpoints(ctx context.Context, fn func(uint64, []byte) error) error {
+	return scan(ctx, s.db, "checkpoints", func(r *sql.Rows) error {
+		var size int64
+		var n []byte
+		if err := r.Scan(&size, &n); err != nil {
+			return err
+		}
+		return fn(uint64(size), n)
+	}, "SELECT size, note FROM ledger_checkpoints ORDER BY size")
+}
+
+// scan runs query and calls row for each result row until it fails.
+func scan(ctx context.Context, q querier, what string, row func(*sql.Rows) error, query string, args ...any) error {
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return fmt.Errorf("ledger: scan %s: %w", what, err)
 	}
 	defer rows.Close()
-	out := make([][]byte, 0, min(to-from, 1024))
 	for rows.Next() {
-		var idx int64
-		var data []byte
-		if err := rows.Scan(&idx, &data); err != nil {
-			return nil, fmt.Errorf("ledger: read entries [%d, %d): %w", from, to, err)
+		if err := row(rows); err != nil {
+			return err
 		}
-		if want := from + uint64(len(out)); uint64(idx) != want {
-			return nil, fmt.Errorf("ledger: read entries [%d, %d): entry %d: %w", from, to, want, ErrNotFound)
-		}
-		out = append(out, data)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("ledger: read entries [%d, %d): %w", from, to, err)
+		return fmt.Errorf("ledger: scan %s: %w", what, err)
 	}
-	if uint64(len(out)) != to-from {
-		return nil, fmt.Errorf("ledger: read entries [%d, %d): entry %d: %w", from, to, from+uint64(len(out)), ErrNotFound)
-	}
-	return out, nil
-}
-
-// Nodes implements Storage.
-func (s *SQLiteStorage) Nodes(ctx context.Context, ids []compact.NodeID) ([][]byte, error) {
-	return readNodes(ctx, s.db, ids)
-}
-
-// readNodes reads node hashes with one query per batch of up to 128 ids.
-func readNodes(ctx context.Context, q querier, ids []compact.NodeID) ([][]byte, error) {
-	out := make([][]byte, len(ids))
-	pos := make(map[compact.NodeID]int, len(ids))
-	for i, id := range ids {
-		pos[id] = i
-	}
-	const chunk = 128
-	for start := 0; start < len(ids); start += chunk {
-		part := ids[start:min(start+chunk, len(ids))]
-		var sb strings.Builder
-		args := make([]any, 0, 2*len(part))
-		sb.WriteString("SELECT level, idx, hash FROM ledger_nodes WHERE ")
-		for i, id := range part {
-			if i > 0 {
-				sb.WriteString(" OR ")
-			}
-			sb.WriteString("(level = ? AND idx = ?)")
-			idx, err := toInt64(id.Index, "node index")
-			if err != nil {
-				return nil, err
-			}
-			args = append(args, int64(id.Level), idx)
-		}
-		rows, err := q.QueryContext(ctx, sb.String(), args...)
-		if err != nil {
-			return nil, fmt.Errorf("ledger: read nodes: %w", err)
-		}
-		for rows.Next() {
-			var level, idx int64
-			var hash []byte
-			if err := rows.Scan(&level, &idx, &hash); err != nil {
-				rows.Close()
-				return nil, fmt.Errorf("ledger: read nodes: %w", err)
-			}
-			i, ok := pos[compact.NewNodeID(uint(level), uint64(idx))]
-			if !ok {
-				continue
-			}
-			out[i] = hash
-		}
-		err = rows.Err()
-		rows.Close()
-		if err != nil {
-			return nil, fmt.Errorf("ledger: read nodes: %w", err)
-		}
-	}
-	for i, h := range out {
-		if h == nil {
-			// A duplicated id is filled only at its last position; copy.
-			if j := pos[ids[i]]; out[j] != nil {
-				out[i] = out[j]
-				continue
-			}
-			return nil, fmt.Errorf("ledger: node (level %d, index %d): %w", ids[i].Level, ids[i].Index, ErrNotFound)
-		}
-	}
-	return out, nil
+	return nil
 }
 
 // LatestCheckpoint implements Storage.
@@ -301,14 +422,18 @@ func (t *sqliteTx) EntryCount(ctx context.Context) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	var n sql.NullInt64
-	if err := c.QueryRowContext(ctx, "SELECT MAX(idx) FROM ledger_entries").Scan(&n); err != nil {
-		return 0, fmt.Errorf("ledger: entry count: %w", err)
-	}
-	if !n.Valid {
+	var idx, count int64
+	err = c.QueryRowContext(ctx, "SELECT idx, count FROM ledger_entries ORDER BY idx DESC LIMIT 1").Scan(&idx, &count)
+	if errors.Is(err, sql.ErrNoRows) {
 		return 0, nil
 	}
-	return uint64(n.Int64) + 1, nil
+	if err != nil {
+		return 0, fmt.Errorf("ledger: entry count: %w", err)
+	}
+	if idx < 0 || count < 1 || idx > math.MaxInt64-count {
+		return 0, fmt.Errorf("ledger: last entry row at %d has count %d", idx, count)
+	}
+	return uint64(idx + count), nil
 }
 
 func (t *sqliteTx) LatestCheckpoint(ctx context.Context) (uint64, []byte, error) {
@@ -321,14 +446,14 @@ func (t *sqliteTx) LatestCheckpoint(ctx context.Context) (uint64, []byte, error)
 	return latestCheckpoint(ctx, c)
 }
 
-func (t *sqliteTx) Nodes(ctx context.Context, ids []compact.NodeID) ([][]byte, error) {
+func (t *sqliteTx) Tiles(ctx context.Context, ids []TileID) ([][]byte, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	c, err := t.live()
 	if err != nil {
 		return nil, err
 	}
-	return readNodes(ctx, c, ids)
+	return readTiles(ctx, c, ids)
 }
 
 // insertRows inserts rows of n columns with multi-row INSERT statements.
@@ -376,36 +501,40 @@ func (t *sqliteTx) WriteEntries(ctx context.Context, first uint64, entries [][]b
 	if _, err := toInt64(first+uint64(len(entries)), "entry index"); err != nil {
 		return err
 	}
-	rows := make([][]any, len(entries))
-	for i, e := range entries {
-		rows[i] = []any{int64(first) + int64(i), e}
+	if len(entries) == 0 {
+		return errors.New("ledger: write of no entries")
 	}
-	if err := insertRows(ctx, c, "ledger_entries", "idx, data", 2, rows); err != nil {
+	data, err := encodeEntryRow(entries)
+	if err != nil {
+		return err
+	}
+	if _, err := c.ExecContext(ctx, "INSERT INTO ledger_entries (idx, count, data) VALUES (?, ?, ?)", int64(first), int64(len(entries)), data); err != nil {
 		return fmt.Errorf("ledger: write entries [%d, %d): %w", first, first+uint64(len(entries)), err)
 	}
 	return nil
 }
 
-func (t *sqliteTx) WriteNodes(ctx context.Context, ids []compact.NodeID, hashes [][]byte) error {
+func (t *sqliteTx) WriteTiles(ctx context.Context, tiles []Tile) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	c, err := t.live()
 	if err != nil {
 		return err
 	}
-	if len(ids) != len(hashes) {
-		return fmt.Errorf("ledger: write nodes: %d ids but %d hashes", len(ids), len(hashes))
-	}
-	rows := make([][]any, len(ids))
-	for i, id := range ids {
-		idx, err := toInt64(id.Index, "node index")
+	rows := make([][]any, len(tiles))
+	for i, tl := range tiles {
+		idx, err := toInt64(tl.Index, "tile index")
 		if err != nil {
 			return err
 		}
-		rows[i] = []any{int64(id.Level), idx, hashes[i]}
+		w := tl.Width()
+		if tl.Level > MaxLevel || w < 1 || w > TileWidth || len(tl.Hashes) != w*HashSize {
+			return fmt.Errorf("ledger: write tile %d/%d: %d bytes is not 1..%d hashes", tl.Level, tl.Index, len(tl.Hashes), TileWidth)
+		}
+		rows[i] = []any{int64(tl.Level), idx, int64(w), tl.Hashes}
 	}
-	if err := insertRows(ctx, c, "ledger_nodes", "level, idx, hash", 3, rows); err != nil {
-		return fmt.Errorf("ledger: write %d nodes: %w", len(ids), err)
+	if err := insertRows(ctx, c, "ledger_tiles", "level, idx, width, hashes", 4, rows); err != nil {
+		return fmt.Errorf("ledger: write %d tiles: %w", len(tiles), err)
 	}
 	return nil
 }

@@ -3,18 +3,22 @@ package ledger
 import (
 	"context"
 	"errors"
-
-	"github.com/transparency-dev/merkle/compact"
 )
 
-// ErrNotFound is returned (wrapped) by Storage reads when the entry, node or
+// ErrNotFound is returned (wrapped) by Storage reads when the entry, tile or
 // checkpoint asked for is not stored.
 var ErrNotFound = errors.New("ledger: not found")
 
-// Storage is what the sequencer and the proof reader need from a durable
-// store. Implementations only store and load bytes; they never compute
-// hashes or sign. Stored rows are immutable: writing an entry, node or
-// checkpoint that already exists is an error, never an overwrite.
+// Storage is what the sequencer, the proof reader, the tlog-tiles handler and
+// Fsck need from a durable store. Implementations only store and load bytes;
+// they never compute hashes or sign. Stored rows are immutable: writing an
+// entry, a tile of a given width or a checkpoint that already exists is an
+// error, never an overwrite.
+//
+// Hash tiles are stored per C2SP tlog-tiles geometry: one row per (level,
+// index, width), width 1..256 hashes. A wider tile of the same (level, index)
+// is written as a new row, never over the narrower one, so a row, once
+// committed, never changes.
 type Storage interface {
 	// BeginAppend starts the one exclusive write transaction of an append
 	// batch. It must hold the store's write lock from the start, so that
@@ -26,15 +30,28 @@ type Storage interface {
 	// Entries returns the entries with indices in [from, to), in order. It
 	// fails with ErrNotFound if any of them is missing.
 	Entries(ctx context.Context, from, to uint64) ([][]byte, error)
-	// Nodes returns the hashes of the given complete subtrees, in order. It
-	// fails with ErrNotFound if any of them is missing.
-	Nodes(ctx context.Context, ids []compact.NodeID) ([][]byte, error)
+	// Tiles returns, for each id, the hashes of the widest stored tile of
+	// that id. It fails with ErrNotFound if any of them has no stored tile.
+	Tiles(ctx context.Context, ids []TileID) ([][]byte, error)
 	// LatestCheckpoint returns the signed note of the largest committed
 	// checkpoint and its size, or ErrNotFound if there is none.
 	LatestCheckpoint(ctx context.Context) (size uint64, note []byte, err error)
 	// CheckpointAt returns the signed note of the checkpoint of the given
 	// size, or ErrNotFound.
 	CheckpointAt(ctx context.Context, size uint64) ([]byte, error)
+	// CheckpointCovering returns the smallest committed checkpoint whose
+	// size exceeds index, or ErrNotFound.
+	CheckpointCovering(ctx context.Context, index uint64) (size uint64, note []byte, err error)
+
+	// ScanEntries calls fn for every stored entry row with index >= from,
+	// in index order, until fn returns an error (which it returns).
+	ScanEntries(ctx context.Context, from uint64, fn func(index uint64, entry []byte) error) error
+	// ScanTiles calls fn for every stored tile row, ordered by level,
+	// index and width, until fn returns an error (which it returns).
+	ScanTiles(ctx context.Context, fn func(t Tile) error) error
+	// ScanCheckpoints calls fn for every stored checkpoint row in size
+	// order, until fn returns an error (which it returns).
+	ScanCheckpoints(ctx context.Context, fn func(size uint64, note []byte) error) error
 }
 
 // AppendTx is an exclusive append transaction (see Storage.BeginAppend).
@@ -46,13 +63,13 @@ type AppendTx interface {
 	EntryCount(ctx context.Context) (uint64, error)
 	// LatestCheckpoint is Storage.LatestCheckpoint inside the transaction.
 	LatestCheckpoint(ctx context.Context) (size uint64, note []byte, err error)
-	// Nodes is Storage.Nodes inside the transaction.
-	Nodes(ctx context.Context, ids []compact.NodeID) ([][]byte, error)
+	// Tiles is Storage.Tiles inside the transaction.
+	Tiles(ctx context.Context, ids []TileID) ([][]byte, error)
 
 	// WriteEntries stores entries at indices first, first+1, ...
 	WriteEntries(ctx context.Context, first uint64, entries [][]byte) error
-	// WriteNodes stores hashes[i] as the hash of subtree ids[i].
-	WriteNodes(ctx context.Context, ids []compact.NodeID, hashes [][]byte) error
+	// WriteTiles stores each tile as a new row (level, index, width).
+	WriteTiles(ctx context.Context, tiles []Tile) error
 	// WriteCheckpoint stores the signed note of the checkpoint of size size.
 	WriteCheckpoint(ctx context.Context, size uint64, note []byte) error
 
