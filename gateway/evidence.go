@@ -74,5 +74,11 @@ func (g *Gateway) Trust() (*proof.Trust, error) {
 		GrantKeys: map[string]string{grant.KeyID(g.grantPub): base64.StdEncoding.EncodeToString(g.grantPub)}}
 	t.Log.Origin = g.cfg.LogOrigin
 	t.Log.Key = vkey
+	if w := g.cfg.Witnessing; w != nil {
+		for _, e := range w.Witnesses {
+			t.Witnesses = append(t.Witnesses, e.Key)
+		}
+		t.Quorum = w.Quorum
+	}
 	return t, nil
 }

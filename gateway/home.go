@@ -34,6 +34,9 @@ type Config struct {
 	Enforcer    string          `json:"enforcer"`
 	GrantTTL    action.Duration `json:"grant_ttl"`
 	ClockSkew   action.Duration `json:"clock_skew"`
+	// Witnessing, when set, names the witnesses that cosign the log's
+	// checkpoints and the quorum a checkpoint needs to count as published.
+	Witnessing *Witnessing `json:"witnessing,omitempty"`
 }
 
 // Home is the layout of an etb home directory (~/.etb by default).
@@ -140,6 +143,9 @@ func (h Home) LoadConfig() (Config, error) {
 	}
 	if c.GrantTTL <= 0 || c.GrantTTL.D() > 10*time.Minute {
 		return Config{}, fmt.Errorf("gateway: config grant_ttl %s must be in (0, 10m]", c.GrantTTL.D())
+	}
+	if w := c.Witnessing; w != nil && (w.Quorum < 1 || w.Quorum > len(w.Witnesses)) {
+		return Config{}, fmt.Errorf("gateway: config witnessing.quorum %d must be between 1 and the %d witnesses", w.Quorum, len(w.Witnesses))
 	}
 	if c.ClockSkew.D() > 2*time.Minute {
 		return Config{}, fmt.Errorf("gateway: config clock_skew %s is over 2m", c.ClockSkew.D())

@@ -128,3 +128,59 @@ func (g *Gateway) ConsistencyProof(ctx context.Context, a, b uint64) ([]string, 
 	}
 	return out, nil
 }
+
+// EvidenceFor is the evidence `etb evidence` and `etb run --evidence`
+// write: with witnessing configured, proofs are against a published
+// (quorum-cosigned) checkpoint (see PublishedEvidence); otherwise against
+// the latest checkpoint. since, when non-nil, is a checkpoint the verifier
+// saw earlier: the bundle then carries the consistency proof from it.
+func (g *Gateway) EvidenceFor(ctx context.Context, id string, since []byte) (*proof.Bundle, error) {
+	var b *proof.Bundle
+	var err error
+	if w := g.cfg.Witnessing; w != nil && len(w.Witnesses) > 0 {
+		p, perr := g.NewPublisher(ctx, *w, nil)
+		if perr != nil {
+			return nil, perr
+		}
+		b, err = g.PublishedEvidence(ctx, id, p)
+	} else {
+		b, err = g.Evidence(ctx, id)
+	}
+	if err != nil || since == nil {
+		return b, err
+	}
+	v, err := g.LogVerifier()
+	if err != nil {
+		return nil, err
+	}
+	old, err := ledger.ParseCheckpoint(since, v)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: --since checkpoint: %w", err)
+	}
+	cp, err := ledger.ParseCheckpoint([]byte(b.Checkpoint), v)
+	if err != nil {
+		return nil, err
+	}
+	if old.Size > cp.Size {
+		return nil, fmt.Errorf("gateway: the --since checkpoint (size %d) is newer than the evidence's (size %d)", old.Size, cp.Size)
+	}
+	hashes, err := g.ConsistencyProof(ctx, old.Size, cp.Size)
+	if err != nil {
+		return nil, err
+	}
+	b.Consistency = map[string][]string{fmt.Sprint(old.Size): hashes}
+	return b, nil
+}
+
+// Fsck checks the home's ledger from first principles (ledger.Fsck).
+func (g *Gateway) Fsck(ctx context.Context) (ledger.Report, error) {
+	st, err := ledger.NewSQLiteStorage(ctx, g.db)
+	if err != nil {
+		return ledger.Report{}, err
+	}
+	v, err := g.LogVerifier()
+	if err != nil {
+		return ledger.Report{}, err
+	}
+	return ledger.Fsck(ctx, st, v)
+}

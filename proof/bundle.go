@@ -41,6 +41,11 @@ type Bundle struct {
 	Grants []string `json:"grants"`
 	// Policies are the sources of the policy bundles the decisions name.
 	Policies []Policy `json:"policies"`
+	// Consistency maps the decimal size of an earlier checkpoint to the
+	// base64 RFC 6962 consistency proof from it to Checkpoint, so a
+	// verifier holding that checkpoint can check both are views of one
+	// append-only log (`etb verify --since`).
+	Consistency map[string][]string `json:"consistency,omitempty"`
 }
 
 // Entry is one event with its proof.
@@ -70,6 +75,11 @@ type Trust struct {
 	GrantKeys map[string]string `json:"grant_keys"`
 	Issuer    string            `json:"issuer"`
 	Enforcer  string            `json:"enforcer"`
+	// Witnesses are the cosignature/v1 verifier keys of the witnesses of
+	// the log; when set, a checkpoint counts only with Quorum of their
+	// cosignatures.
+	Witnesses []string `json:"witnesses,omitempty"`
+	Quorum    int      `json:"quorum,omitempty"`
 }
 
 // ParseBundle decodes a bundle strictly: unknown fields, trailing data and

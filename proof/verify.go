@@ -57,9 +57,21 @@ type Report struct {
 	Checks         []string
 }
 
+// Options adjust Verify.
+type Options struct {
+	// Since is a checkpoint (signed note) the verifier saw earlier; the
+	// bundle's checkpoint must be consistent with it.
+	Since []byte
+}
+
 // Verify checks a bundle offline against the trust file. It returns the
 // first failing check as an *Error.
 func Verify(ctx context.Context, b *Bundle, t *Trust) (*Report, error) {
+	return VerifyWith(ctx, b, t, Options{})
+}
+
+// VerifyWith is Verify with options.
+func VerifyWith(ctx context.Context, b *Bundle, t *Trust, opt Options) (*Report, error) {
 	rep := &Report{Execution: b.Execution, Events: len(b.Events)}
 	pass := func(c string) { rep.Checks = append(rep.Checks, c) }
 
@@ -82,6 +94,18 @@ func Verify(ctx context.Context, b *Bundle, t *Trust) (*Report, error) {
 	}
 	rep.CheckpointSize = cp.Size
 	pass(CheckCheckpoint)
+	if len(t.Witnesses) > 0 || t.Quorum > 0 {
+		if _, err := VerifyWitnessed([]byte(b.Checkpoint), v, t.Witnesses, t.Quorum); err != nil {
+			return nil, err
+		}
+		pass(CheckCosignatures)
+	}
+	if opt.Since != nil {
+		if err := VerifySince(opt.Since, v, cp, b.Consistency); err != nil {
+			return nil, err
+		}
+		pass(CheckSince)
+	}
 
 	// 2. Every entry is in the log under that checkpoint, in increasing
 	// index order.

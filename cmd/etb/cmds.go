@@ -80,7 +80,7 @@ verifies evidence: etb verify BUNDLE --trust trust.json`,
 }
 
 func newVerifyCmd() *cobra.Command {
-	var trustPath string
+	var trustPath, since string
 	var quiet bool
 	c := &cobra.Command{
 		Use:   "verify BUNDLE --trust TRUST",
@@ -90,7 +90,10 @@ keys in a trust file: the checkpoint signature, the inclusion proof of every
 event, the event hash chain and lifecycle order (no start without a durable
 permit and grant), the grant's signature and its binding to the recorded
 action, policy, caller and execution, and it re-derives the decision by
-evaluating the bundled policy on the recorded input.
+evaluating the bundled policy on the recorded input. When the trust file
+names witnesses, the checkpoint needs a quorum of their cosignatures; with
+--since, it must be consistent with that earlier checkpoint (the bundle
+carries the proof: 'etb evidence --since').
 
 Exit status: 0 valid; 1 invalid (the first failing check is named);
 2 usage error or unreadable input.`,
@@ -109,7 +112,13 @@ Exit status: 0 valid; 1 invalid (the first failing check is named);
 			if err != nil {
 				return usageError("%v", err)
 			}
-			rep, err := proof.Verify(cmd.Context(), b, t)
+			var opt proof.Options
+			if since != "" {
+				if opt.Since, err = os.ReadFile(since); err != nil {
+					return usageError("%v", err)
+				}
+			}
+			rep, err := proof.VerifyWith(cmd.Context(), b, t, opt)
 			if err != nil {
 				return &exitError{code: 1, msg: "INVALID: " + err.Error()}
 			}
@@ -126,6 +135,7 @@ Exit status: 0 valid; 1 invalid (the first failing check is named);
 	}
 	c.Flags().StringVar(&trustPath, "trust", "", "trust file (from 'etb trust export')")
 	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "print nothing when valid")
+	c.Flags().StringVar(&since, "since", "", "a checkpoint (signed note) seen earlier: the bundle's checkpoint must be consistent with it")
 	return c
 }
 
@@ -205,16 +215,21 @@ func newLogCmd(g *globals) *cobra.Command {
 		},
 	}
 	show.Flags().BoolVar(&asJSON, "json", false, "print the events as JSON")
-	c.AddCommand(show)
+	c.AddCommand(show, newMonitorCmd())
 	return c
 }
 
 func newEvidenceCmd(g *globals) *cobra.Command {
-	var out string
+	var out, since string
 	c := &cobra.Command{
 		Use:   "evidence EXEC_ID",
 		Short: "Write the evidence bundle (etb.bundle/v1) of an execution",
-		Args:  usageArgs(cobra.ExactArgs(1)),
+		Long: `Evidence writes the bundle of one execution: its events from the ledger,
+each with a C2SP tlog-proof against the latest checkpoint (or, with
+witnesses configured, the latest checkpoint cosigned by a quorum of them),
+its grant and its policy. With --since, the bundle also carries the
+consistency proof from that earlier checkpoint, for 'etb verify --since'.`,
+		Args: usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			gw, err := g.open(cmd.Context(), "")
 			if err != nil {
@@ -225,7 +240,13 @@ func newEvidenceCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			b, err := gw.Evidence(cmd.Context(), id)
+			var seen []byte
+			if since != "" {
+				if seen, err = os.ReadFile(since); err != nil {
+					return usageError("%v", err)
+				}
+			}
+			b, err := gw.EvidenceFor(cmd.Context(), id, seen)
 			if err != nil {
 				return err
 			}
@@ -233,6 +254,7 @@ func newEvidenceCmd(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().StringVarP(&out, "output", "o", "-", "file to write (- for stdout)")
+	c.Flags().StringVar(&since, "since", "", "a checkpoint (signed note) the verifier saw earlier: include the consistency proof from it")
 	return c
 }
 

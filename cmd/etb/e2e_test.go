@@ -3,8 +3,8 @@ package main
 import (
 	"bytes"
 	"crypto/x509"
-	"encoding/pem"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -362,5 +362,49 @@ func TestIdentityIssue(t *testing.T) {
 		if r := etb(t, home, bad...); r.code == 0 {
 			t.Errorf("%v succeeded", bad)
 		}
+	}
+}
+
+// The ledger can be checked from first principles, and evidence proves
+// consistency with a checkpoint a verifier saw earlier.
+func TestFsckAndVerifySince(t *testing.T) {
+	home, dir := t.TempDir(), t.TempDir()
+	first := filepath.Join(dir, "first.json")
+	if r := etb(t, home, "run", "--evidence", first, "--", "echo", "one"); r.code != 0 {
+		t.Fatalf("run: %s", r.stderr)
+	}
+	var b struct{ Checkpoint string }
+	raw, _ := os.ReadFile(first)
+	if err := json.Unmarshal(raw, &b); err != nil {
+		t.Fatal(err)
+	}
+	seen := filepath.Join(dir, "seen.cp")
+	os.WriteFile(seen, []byte(b.Checkpoint), 0o644)
+
+	etb(t, home, "run", "--", "echo", "two")
+	list := etb(t, home, "log", "--json")
+	var execs []struct{ ID, Args string }
+	json.Unmarshal([]byte(list.stdout), &execs)
+	second := filepath.Join(dir, "second.json")
+	if r := etb(t, home, "evidence", execs[0].ID, "--since", seen, "-o", second); r.code != 0 {
+		t.Fatalf("evidence --since: %s", r.stderr)
+	}
+	trust := filepath.Join(dir, "trust.json")
+	exportTrust(t, home, trust)
+	v := etb(t, home, "verify", second, "--trust", trust, "--since", seen)
+	if v.code != 0 || !strings.Contains(v.stdout, "checkpoint.consistency") {
+		t.Fatalf("verify --since: %d %s %s", v.code, v.stdout, v.stderr)
+	}
+	// A bundle without the proof cannot show consistency.
+	if v := etb(t, home, "verify", first, "--trust", trust, "--since", seen); v.code != 0 {
+		t.Fatalf("same-size since: %d %s", v.code, v.stderr)
+	}
+	plain := filepath.Join(dir, "plain.json")
+	etb(t, home, "evidence", execs[0].ID, "-o", plain)
+	if v := etb(t, home, "verify", plain, "--trust", trust, "--since", seen); v.code != 1 || !strings.Contains(v.stderr, "checkpoint.consistency") {
+		t.Fatalf("since without proof: %d %s", v.code, v.stderr)
+	}
+	if r := etb(t, home, "ledger", "fsck"); r.code != 0 || !strings.Contains(r.stdout, "ok: 10 entries") {
+		t.Fatalf("fsck: %d %s %s", r.code, r.stdout, r.stderr)
 	}
 }
