@@ -67,6 +67,7 @@ import (
 	"time"
 
 	"github.com/etbproject/etb/action"
+	"github.com/etbproject/etb/enforce/sandbox"
 )
 
 // ErrChanged means the command as it would run now differs from the spec
@@ -95,6 +96,13 @@ type Command struct {
 	// Timeout bounds the run time from the start of the process, from the
 	// grant's obligations; 0 means no timeout beyond ctx.
 	Timeout time.Duration
+	// Sandbox, when non-nil, runs the command confined by the kernel
+	// (package sandbox): namespaces, rlimits, seccomp, Landlock, egress
+	// proxy. The caller must have checked that the host can enforce it
+	// (sandbox.Check). Inside a sandbox the program is executed by its
+	// resolved path, after Run has re-hashed it (the open-file execution
+	// of the unsandboxed path is not carried through the sandbox helper).
+	Sandbox *sandbox.Spec
 }
 
 // Result is how a command ended and digests of what it wrote.

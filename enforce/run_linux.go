@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/etbproject/etb/action"
+	"github.com/etbproject/etb/enforce/sandbox"
 	"golang.org/x/sys/unix"
 )
 
@@ -114,12 +115,25 @@ func start(ctx context.Context, cmd Command, spec action.Spec, prog *os.File, on
 		Args:        slices.Clone(argv),
 		Env:         env,
 		Dir:         spec.Target.Cwd,
-		Stdin:       p.childStdin,
-		Stdout:      p.stdoutW,
-		Stderr:      p.stderrW,
 		ExtraFiles:  []*os.File{prog},
 		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL},
 	}
+	if cmd.Sandbox != nil {
+		// The sandbox helper becomes PID 1 of new namespaces and executes
+		// the target by its resolved path; killing it kills the namespace.
+		s := *cmd.Sandbox
+		if s.Dir == "" {
+			s.Dir = spec.Target.Cwd
+		}
+		sc, err := sandbox.Command(ctx, s, spec.Target.Program, slices.Clone(argv), env)
+		if err != nil {
+			return Result{}, fmt.Errorf("enforce: run %q in its sandbox: %w", argv[0], err)
+		}
+		sc.SysProcAttr.Setpgid = true
+		sc.SysProcAttr.Pdeathsig = syscall.SIGKILL
+		c = sc
+	}
+	c.Stdin, c.Stdout, c.Stderr = p.childStdin, p.stdoutW, p.stderrW
 
 	// Pdeathsig fires when the thread that forked the child exits, so the
 	// goroutine that starts the child keeps its thread until the child is

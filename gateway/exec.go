@@ -10,6 +10,7 @@ import (
 
 	"github.com/etbproject/etb/action"
 	"github.com/etbproject/etb/enforce"
+	"github.com/etbproject/etb/enforce/sandbox"
 	"github.com/etbproject/etb/identity"
 	"github.com/etbproject/etb/lineage"
 	"github.com/etbproject/etb/policy"
@@ -88,6 +89,22 @@ func (g *Gateway) Exec(ctx context.Context, req ExecRequest) (*ExecResult, error
 
 	cmd := enforce.Command{Spec: ex.Action.Action, Env: req.Env, Stdin: req.Stdin, Stdout: req.Stdout, Stderr: req.Stderr,
 		Timeout: ex.Claims.Obl.Timeout.D()}
+	// Obligations beyond the timeout are the kernel's to enforce. One the
+	// host cannot enforce is a refusal before anything runs.
+	rec := context.WithoutCancel(ctx)
+	sb, err := SandboxSpec(ex.Claims.Obl, spec, func(c sandbox.ConnEvent) {
+		// An egress attempt that cannot be recorded is still refused or
+		// allowed by the proxy; the end of the run reports the failure.
+		ex.Record(rec, lineage.TypeEgress, lineage.EgressBody{Method: c.Method, Target: c.Target, Allowed: c.Allowed, Error: c.Err})
+	})
+	if err == nil && sb != nil {
+		err = sandbox.Check(*sb, g.features())
+	}
+	if err != nil {
+		res.ExitCode, res.Message = ExitDenied, "refused: the grant's obligations cannot be enforced here: "+err.Error()
+		return res, ex.Record(rec, lineage.TypeInterrupt, lineage.InterruptBody{Reason: "obligation_unenforceable", Detail: err.Error()})
+	}
+	cmd.Sandbox = sb
 	onStart := func(pid int) error {
 		return ex.Record(ctx, lineage.TypeStart, lineage.StartBody{PID: int64(pid), Program: spec.Target.Program,
 			ProgramSHA256: spec.Target.ProgramSHA256, GrantJTI: ex.Claims.ID})
@@ -96,9 +113,8 @@ func (g *Gateway) Exec(ctx context.Context, req ExecRequest) (*ExecResult, error
 	// recorded how it ended; enforce.Run kills the tree on ctx.Done.
 	r, runErr := enforce.Run(ctx, cmd, ex.Authorize, onStart)
 	res.Result = r
-	// Record the end with a context that outlives a cancelled ctx: the
+	// Record the end with rec, which outlives a cancelled ctx: the
 	// interruption itself must reach the ledger.
-	rec := context.WithoutCancel(ctx)
 	switch {
 	case errors.Is(runErr, enforce.ErrChanged), errors.Is(runErr, enforce.ErrNotAuthorized):
 		res.ExitCode, res.Message = ExitDenied, "refused by the enforcer: "+runErr.Error()
@@ -147,4 +163,31 @@ func joinOr(s []string, empty string) string {
 		out += ", " + x
 	}
 	return out
+}
+
+// SandboxSpec maps a grant's obligations to the kernel sandbox of the
+// command spec: nil when nothing beyond the timeout is asked. The program
+// the grant authorizes is added to the exec (and so read) allow-list: the
+// permit is for running exactly it, and nothing else is widened.
+func SandboxSpec(o action.Obligations, spec action.Spec, onConn func(sandbox.ConnEvent)) (*sandbox.Spec, error) {
+	if !o.Sandboxed() {
+		return nil, nil
+	}
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	s := &sandbox.Spec{CPUSeconds: o.CPUSeconds, MemoryBytes: o.MemoryBytes, MaxProcesses: o.MaxProcesses,
+		MaxFileBytes: o.MaxFileBytes, Dir: o.Cwd}
+	if o.FS != nil {
+		s.Read = append([]string{}, o.FS.Read...)
+		s.Write = append([]string{}, o.FS.Write...)
+		s.Exec = append([]string{spec.Target.Program}, o.FS.Exec...)
+	}
+	if o.Net != nil {
+		s.Network = &sandbox.Network{Allow: append([]string{}, o.Net.Allow...), OnConn: onConn}
+	}
+	if o.Env != nil {
+		s.EnvAllow = append([]string{}, o.Env.Allow...)
+	}
+	return s, nil
 }

@@ -21,11 +21,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/etbproject/etb/action"
+	"github.com/etbproject/etb/enforce/sandbox"
 	"github.com/etbproject/etb/grant"
 	"github.com/etbproject/etb/ledger"
 	"github.com/etbproject/etb/lineage"
@@ -39,12 +42,15 @@ type Gateway struct {
 	db       *sql.DB
 	log      *ledger.Log
 	indexer  *indexer
-	policy   *policy.Bundle
+	policy   atomic.Pointer[policy.Bundle]
 	issuer   *grant.Issuer
 	verifier *grant.Verifier
 	grantPub ed25519.PublicKey
 	logPub   ed25519.PublicKey
-	now      func() time.Time
+	// featureOnce probes once what the kernel sandbox can enforce here.
+	featureOnce sync.Once
+	featureSet  sandbox.Features
+	now         func() time.Time
 }
 
 // Options adjust Open. The zero value is the embedded default.
@@ -89,8 +95,9 @@ func Open(ctx context.Context, dir string, opt Options) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &Gateway{home: h, cfg: cfg, db: db, policy: pol, now: now,
+	g := &Gateway{home: h, cfg: cfg, db: db, now: now,
 		grantPub: grantKey.Public().(ed25519.PublicKey), logPub: logKey.Public().(ed25519.PublicKey)}
+	g.policy.Store(pol)
 	fail := func(err error) (*Gateway, error) { g.Close(); return nil, err }
 	if err := g.createIndex(ctx); err != nil {
 		return fail(err)
@@ -119,6 +126,12 @@ func Open(ctx context.Context, dir string, opt Options) (*Gateway, error) {
 	return g, nil
 }
 
+// features reports what this host's kernel sandbox can enforce.
+func (g *Gateway) features() sandbox.Features {
+	g.featureOnce.Do(func() { g.featureSet = sandbox.Probe() })
+	return g.featureSet
+}
+
 // Close releases the ledger and the database.
 func (g *Gateway) Close() error {
 	var errs []error
@@ -138,7 +151,21 @@ func (g *Gateway) Close() error {
 func (g *Gateway) Config() Config { return g.cfg }
 
 // Policy returns the loaded policy bundle.
-func (g *Gateway) Policy() *policy.Bundle { return g.policy }
+func (g *Gateway) Policy() *policy.Bundle { return g.policy.Load() }
+
+// SetPolicy replaces the policy every later decision is made with (a
+// reload). The bundle's source is stored first, so evidence of decisions
+// made under it can always include it.
+func (g *Gateway) SetPolicy(ctx context.Context, b *policy.Bundle) error {
+	if b == nil {
+		return errors.New("gateway: set policy: nil bundle")
+	}
+	if err := g.rememberPolicy(ctx, b); err != nil {
+		return err
+	}
+	g.policy.Store(b)
+	return nil
+}
 
 // Log returns the ledger.
 func (g *Gateway) Log() *ledger.Log { return g.log }
@@ -175,7 +202,11 @@ type Execution struct {
 	// Token and Claims are set only for a permit.
 	Token  string
 	Claims *grant.Claims
-	chain  *lineage.Chain
+	// mu orders Record calls: an event's seq, its prev link and its place
+	// in the ledger must agree, even when the egress proxy and the run
+	// record events concurrently.
+	mu    sync.Mutex
+	chain *lineage.Chain
 }
 
 // Begin runs phases 1–3: it records the intent, evaluates the policy,
@@ -183,6 +214,12 @@ type Execution struct {
 // batch. The returned execution carries the decision; a non-permit decision
 // is not an error. An error means nothing was authorized and nothing may run.
 func (g *Gateway) Begin(ctx context.Context, a *action.Action) (*Execution, error) {
+	return g.begin(ctx, a, "")
+}
+
+// begin is Begin; a non-empty holder (the x5t#S256 of the caller's
+// certificate) binds the grant to it (claim cnf).
+func (g *Gateway) begin(ctx context.Context, a *action.Action, holder string) (*Execution, error) {
 	in := *a
 	if err := in.Normalize(); err != nil {
 		return nil, err
@@ -219,14 +256,19 @@ func (g *Gateway) Begin(ctx context.Context, a *action.Action) (*Execution, erro
 	if err := add(lineage.TypeIntent, in.Principal.ID, lineage.IntentBody{Action: in, ActionDigest: digest}); err != nil {
 		return nil, err
 	}
-	ex.Decision = g.policy.Evaluate(ctx, &in)
+	ex.Decision = g.Policy().Evaluate(ctx, &in)
 	if err := add(lineage.TypeDecision, g.cfg.Issuer, ex.Decision); err != nil {
 		return nil, err
 	}
 	if ex.Decision.Decision == policy.Permit {
+		var cnf *grant.Confirmation
+		if holder != "" {
+			cnf = &grant.Confirmation{X5tS256: holder}
+		}
 		token, claims, err := g.issuer.Issue(grant.Claims{
 			Subject: in.Principal.ID, Audience: g.cfg.Enforcer, Txn: in.Task.RootID,
 			ADG: digest, Pol: ex.Decision.Policy.BundleHash, Obl: ex.Decision.Obligations, Execution: in.ID,
+			Cnf: cnf,
 		})
 		if err != nil {
 			// The permit stands in the record, but without a grant nothing
@@ -254,6 +296,8 @@ func (g *Gateway) Begin(ctx context.Context, a *action.Action) (*Execution, erro
 // Record appends one event of the execution (start, end, interrupt, …) and
 // returns once it is durable.
 func (ex *Execution) Record(ctx context.Context, typ string, body any) error {
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
 	e, b, err := ex.chain.Next(typ, ex.g.cfg.Enforcer, action.FormatTime(ex.g.now()), body)
 	if err != nil {
 		return err

@@ -48,3 +48,12 @@ type InterruptBody struct {
 	Reason string `json:"reason"`
 	Detail string `json:"detail"`
 }
+
+// EgressBody is the body of an egress event: one connection attempt of a
+// sandboxed command through the egress proxy.
+type EgressBody struct {
+	Method  string `json:"method"`
+	Target  string `json:"target"`
+	Allowed bool   `json:"allowed"`
+	Error   string `json:"error"`
+}

@@ -36,11 +36,14 @@ const (
 	TypeInterrupt  = "interrupt"
 	TypeEnd        = "end"
 	TypeRevocation = "revocation"
+	// TypeEgress records one connection attempt of a sandboxed command
+	// through the egress proxy, allowed or denied.
+	TypeEgress = "egress"
 )
 
 var knownTypes = map[string]bool{
 	TypeIntent: true, TypeDecision: true, TypeGrant: true, TypeApproval: true, TypeStart: true,
-	TypeHeartbeat: true, TypeInterrupt: true, TypeEnd: true, TypeRevocation: true,
+	TypeHeartbeat: true, TypeInterrupt: true, TypeEnd: true, TypeRevocation: true, TypeEgress: true,
 }
 
 // Event is one lineage event. Body is type-specific (see the *Body types);

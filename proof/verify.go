@@ -282,9 +282,9 @@ func readLifecycle(events []*lineage.Event) (*lifecycle, error) {
 			if st.start.GrantJTI != st.grant.JTI {
 				return nil, fmt.Errorf("start at seq %d names grant %s, the execution's grant is %s", e.Seq, st.start.GrantJTI, st.grant.JTI)
 			}
-		case lineage.TypeHeartbeat:
+		case lineage.TypeHeartbeat, lineage.TypeEgress:
 			if st.start == nil {
-				return nil, fmt.Errorf("heartbeat at seq %d before start", e.Seq)
+				return nil, fmt.Errorf("%s at seq %d before start", e.Type, e.Seq)
 			}
 		case lineage.TypeEnd:
 			if st.start == nil {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/etbproject/etb/enforce/sandbox"
 	"github.com/etbproject/etb/gateway"
 )
 
@@ -68,7 +69,9 @@ on first use at --home, $ETB_HOME or ~/.etb.`,
 	}
 	root.PersistentFlags().StringVar(&g.home, "home", "", "etb home directory (default $ETB_HOME or ~/.etb)")
 	root.AddCommand(newInitCmd(g), newRunCmd(g), newTrustCmd(g), newVerifyCmd(), newLogCmd(g),
-		newEvidenceCmd(g), newPolicyCmd(), newIdentityCmd(g))
+		newEvidenceCmd(g), newPolicyCmd(), newIdentityCmd(g),
+		newLedgerCmd(g), newWitnessCmd(), newDoctorCmd(), newServeCmd(g), newRevokeCmd(g))
+	root.AddCommand(newApprovalCmds(g)...)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError("%v\nRun '%s --help' for usage.", err, c.CommandPath())
 	})
@@ -76,6 +79,9 @@ on first use at --home, $ETB_HOME or ~/.etb.`,
 }
 
 func main() {
+	// A sandboxed command is started by re-executing this binary as the
+	// sandbox helper: that must happen before anything else.
+	sandbox.MaybeRunHelper()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	err := newRoot().ExecuteContext(ctx)
 	stop()

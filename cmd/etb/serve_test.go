@@ -1,0 +1,225 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// gatewayProc is a running `etb serve`.
+type gatewayProc struct {
+	cmd  *exec.Cmd
+	addr string
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// startServe starts `etb serve` on addr and waits until it listens.
+func startServe(t *testing.T, home, addr string, extra ...string) *gatewayProc {
+	t.Helper()
+	cmd := exec.Command(etbBin, append([]string{"--home", home, "serve", "--listen", addr}, extra...)...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &gatewayProc{cmd: cmd, addr: addr}
+	t.Cleanup(func() { p.kill() })
+	ready := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "etb serve: https://") {
+				ready <- true
+			}
+		}
+		ready <- false
+	}()
+	select {
+	case ok := <-ready:
+		if !ok {
+			t.Fatalf("etb serve exited: %s", stderr.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("etb serve did not start: %s", stderr.String())
+	}
+	return p
+}
+
+func (p *gatewayProc) kill() {
+	if p.cmd.ProcessState == nil {
+		p.cmd.Process.Kill()
+		p.cmd.Wait()
+	}
+}
+
+func (p *gatewayProc) stop(t *testing.T) {
+	t.Helper()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := p.cmd.Wait(); err != nil {
+		t.Fatalf("etb serve on SIGTERM: %v", err)
+	}
+}
+
+// children returns the pids of pid's children (of any of its threads).
+func children(pid int) []int {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	var out []int
+	for _, task := range tasks {
+		b, _ := os.ReadFile(task)
+		for _, f := range strings.Fields(string(b)) {
+			if n, err := strconv.Atoi(f); err == nil {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
+// startRemoteSleep starts `etb run --gateway ... -- sleep 600` and waits
+// until sleep runs. It returns the etb process and the sleep pid.
+func startRemoteSleep(t *testing.T, home, addr string, id string) (*exec.Cmd, *bytes.Buffer, int) {
+	t.Helper()
+	cmd := exec.Command(etbBin, "--home", home, "run", "--gateway", "https://"+addr,
+		"--cert", filepath.Join(home, id+".crt"), "--key", filepath.Join(home, id+".key"), "--", "sleep", "600")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		for _, c := range children(cmd.Process.Pid) {
+			if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", c)); bytes.Contains(b, []byte("600")) {
+				return cmd, &stderr, c
+			}
+		}
+	}
+	t.Fatalf("sleep did not start: %s", stderr.String())
+	return nil, nil, 0
+}
+
+func issue(t *testing.T, home, id, name string) {
+	t.Helper()
+	r := etb(t, home, "identity", "issue", id, "--cert", filepath.Join(home, name+".crt"), "--key", filepath.Join(home, name+".key"))
+	if r.code != 0 {
+		t.Fatalf("identity issue: %s", r.stderr)
+	}
+}
+
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
+}
+
+// The gateway process is killed mid-execution: the enforcer kills the
+// child at lease expiry and the interruption reaches the ledger after the
+// gateway restarts.
+func TestServeGatewayKilledChildDiesAtLeaseExpiry(t *testing.T) {
+	home := t.TempDir()
+	issue(t, home, "spiffe://etb.local/agent/a", "a")
+	addr := freeAddr(t)
+	const lease = time.Second
+	gw := startServe(t, home, addr, "--lease", lease.String())
+	run, stderr, sleepPid := startRemoteSleep(t, home, addr, "a")
+	// Let the start report reach the gateway (the enforcer kills the tree
+	// if it cannot report the start: a different test).
+	time.Sleep(300 * time.Millisecond)
+	killed := time.Now()
+	gw.kill() // SIGKILL
+	err := run.Wait()
+	took := time.Since(killed)
+	if took > lease+3*time.Second {
+		t.Fatalf("etb run ended %v after the gateway died (lease %v)", took, lease)
+	}
+	if syscall.Kill(sleepPid, 0) == nil {
+		t.Fatalf("sleep %d still alive", sleepPid)
+	}
+	if exitCode(err) != 70 || !strings.Contains(stderr.String(), "lease_lost") || !strings.Contains(stderr.String(), "spooled") {
+		t.Fatalf("etb run: %v\n%s", err, stderr.String())
+	}
+	t.Logf("gateway killed → tree dead in %v", took)
+
+	gw = startServe(t, home, addr, "--lease", lease.String())
+	r := etb(t, home, "run", "--gateway", "https://"+addr, "--cert", filepath.Join(home, "a.crt"), "--key", filepath.Join(home, "a.key"), "--", "true")
+	if r.code != 0 {
+		t.Fatalf("etb run true: %d %s", r.code, r.stderr)
+	}
+	if left, _ := os.ReadDir(filepath.Join(home, "enforcer", "spool")); len(left) != 0 {
+		t.Fatalf("spool not delivered: %v", left)
+	}
+	gw.stop(t)
+	r = etb(t, home, "log")
+	if !strings.Contains(r.stdout, "interrupted: lease_lost") || !strings.Contains(r.stdout, "exit 0") {
+		t.Fatalf("etb log:\n%s", r.stdout)
+	}
+}
+
+func TestServeRevokeKillsRemoteRun(t *testing.T) {
+	home := t.TempDir()
+	issue(t, home, "spiffe://etb.local/agent/a", "a")
+	issue(t, home, "spiffe://etb.local/admin/ops", "ops")
+	addr := freeAddr(t)
+	startServe(t, home, addr)
+	run, stderr, sleepPid := startRemoteSleep(t, home, addr, "a")
+	// An agent may not revoke.
+	r := etb(t, home, "revoke", "--gateway", "https://"+addr, "--cert", filepath.Join(home, "a.crt"), "--key", filepath.Join(home, "a.key"), "--all")
+	if r.code == 0 || !strings.Contains(r.stderr, "403") {
+		t.Fatalf("agent revoke: %d %s", r.code, r.stderr)
+	}
+	r = etb(t, home, "revoke", "--gateway", "https://"+addr, "--cert", filepath.Join(home, "ops.crt"), "--key", filepath.Join(home, "ops.key"),
+		"--agent", "spiffe://etb.local/agent/a")
+	returned := time.Now()
+	if r.code != 0 || !strings.Contains(r.stdout, "1 execution(s) revoked") {
+		t.Fatalf("etb revoke: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+	for syscall.Kill(sleepPid, 0) == nil {
+		if time.Since(returned) > 2*time.Second {
+			t.Fatalf("sleep %d alive 2s after etb revoke returned", sleepPid)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Logf("etb revoke returned → sleep dead in %v", time.Since(returned))
+	err := run.Wait()
+	if exitCode(err) != 70 || !strings.Contains(stderr.String(), "revoked") {
+		t.Fatalf("etb run: %v\n%s", err, stderr.String())
+	}
+	// Without a client certificate nothing is served.
+	r = etb(t, home, "run", "--gateway", "https://"+addr, "--", "true")
+	if r.code != 2 {
+		t.Fatalf("run without --cert: %d %s", r.code, r.stderr)
+	}
+}

@@ -1,0 +1,67 @@
+package gateway_test
+
+import (
+	"context"
+	"os"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/etbproject/etb/client"
+)
+
+// BenchmarkRevocationToDead measures, over mTLS with a real `sleep 600`
+// per iteration, the time from POST /v1/revoke returning to the governed
+// process being dead (enforce.Result.EndedAt: the process was reaped after
+// its tree was killed). The goal is p99 ≤ 250 ms. Run with
+//
+//	go test ./gateway/ -run '^$' -bench RevocationToDead -benchtime 100x
+func BenchmarkRevocationToDead(b *testing.B) {
+	ctx := context.Background()
+	e := newEnv(b, b.TempDir(), 0)
+	agent, admin := e.client("/agent/a"), e.client("/admin/ops")
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		done := make(chan *client.RunResult, 1)
+		go func() {
+			res, err := agent.RunCommand(ctx, client.RunRequest{Argv: []string{"sleep", "600"}, Cwd: os.TempDir()})
+			if err != nil {
+				b.Error(err)
+			}
+			done <- res
+		}()
+		id := waitRunning(b, e)
+		b.StartTimer()
+		if _, err := admin.Revoke(ctx, client.RevokeRequest{Execution: id}); err != nil {
+			b.Fatal(err)
+		}
+		returned := time.Now()
+		res := <-done
+		b.StopTimer()
+		if res == nil || res.Reason != client.ReasonRevoked {
+			b.Fatalf("run: %+v", res)
+		}
+		lat = append(lat, max(0, res.Result.EndedAt.Sub(returned)))
+		b.StartTimer()
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	q := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000 }
+	b.ReportMetric(q(0.50), "p50-ms")
+	b.ReportMetric(q(0.99), "p99-ms")
+	b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1000, "max-ms")
+}
+
+// waitRunning waits until the newest execution's start is in the ledger.
+func waitRunning(tb testing.TB, e *testEnv) string {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+		list, err := e.g.List(context.Background(), 1)
+		if err == nil && len(list) == 1 && list[0].Outcome == "running" {
+			return list[0].ID
+		}
+	}
+	tb.Fatal("no execution started")
+	return ""
+}

@@ -1,0 +1,395 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/etbproject/etb/action"
+	"github.com/etbproject/etb/grant"
+	"github.com/etbproject/etb/identity"
+	"github.com/etbproject/etb/lineage"
+	"github.com/etbproject/etb/policy"
+)
+
+// liveExec is the in-memory state of one permitted execution. Its mu
+// serializes everything that appends to the execution's chain.
+type liveExec struct {
+	ready chan struct{} // closed once loaded
+	err   error         // load error, set before ready is closed
+
+	mu        chanMutex
+	ex        *Execution
+	principal string
+	holder    string
+	started   bool
+	terminal  string // "" while open; the outcome once ended
+	revoked   string // reason, once revoked
+	lease     time.Time
+	watchers  map[chan watchMsg]struct{}
+}
+
+// chanMutex is a mutex whose Lock can be abandoned when a context ends.
+type chanMutex chan struct{}
+
+func newChanMutex() chanMutex { return make(chanMutex, 1) }
+
+func (m chanMutex) Lock()   { m <- struct{}{} }
+func (m chanMutex) Unlock() { <-m }
+
+// LockContext locks m or returns ctx's error.
+func (m chanMutex) LockContext(ctx context.Context) error {
+	select {
+	case m <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// register caches a freshly begun permitted execution. If the execution
+// is already cached (a concurrent revocation loaded it from the ledger),
+// the cached state wins: it is the one whose chain is current. A
+// revocation requested while the execution was being begun applies to it.
+func (s *Service) register(ctx context.Context, ex *Execution, holder string) *liveExec {
+	s.mu.Lock()
+	le, ok := s.live[ex.ID]
+	if !ok {
+		le = &liveExec{ready: make(chan struct{}), mu: newChanMutex(), ex: ex, principal: ex.Action.Principal.ID, holder: holder,
+			watchers: map[chan watchMsg]struct{}{}}
+		close(le.ready)
+		s.live[ex.ID] = le
+	}
+	pending := s.matchingRevocations(ex)
+	s.mu.Unlock()
+	for _, rv := range pending {
+		if err := s.revokeOne(ctx, le, rv); err != nil {
+			// The revocation could not be recorded: the execution must not
+			// run without it. Mark it revoked in memory (fail closed).
+			le.mu.Lock()
+			le.revoked = "revocation " + rv.ID + " (unrecorded: " + err.Error() + ")"
+			le.mu.Unlock()
+		}
+	}
+	return le
+}
+
+// sweepEvery is how often maybeSweep looks for stale executions, and
+// staleAfter how long after its lease expired an execution is dropped.
+const (
+	sweepEvery = 10 * time.Second
+	staleAfter = time.Minute
+)
+
+// maybeSweep drops from memory the executions whose lease expired more
+// than staleAfter ago (their enforcers have killed them) and that nobody
+// is watching or using. Dropping is always safe: the ledger is the record
+// and lookup rebuilds from it.
+func (s *Service) maybeSweep() {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if now.Sub(s.lastSweep) < sweepEvery {
+		return
+	}
+	s.lastSweep = now
+	for id, le := range s.live {
+		select {
+		case <-le.ready:
+		default:
+			continue
+		}
+		select {
+		case le.mu <- struct{}{}: // TryLock
+		default:
+			continue
+		}
+		if le.err == nil && len(le.watchers) == 0 && !le.lease.IsZero() && now.Sub(le.lease) > staleAfter {
+			delete(s.live, id)
+		}
+		le.mu.Unlock()
+	}
+}
+
+// forget drops an ended execution from memory.
+func (s *Service) forget(id string) {
+	s.mu.Lock()
+	delete(s.live, id)
+	s.mu.Unlock()
+}
+
+// errUnknownExecution is returned for an id with no permitted execution.
+var errUnknownExecution = errors.New("gateway: no such permitted execution")
+
+// lookup returns the cached execution id, rebuilding it from the ledger if
+// it is not in memory. Only one caller rebuilds; the others wait for it.
+func (s *Service) lookup(ctx context.Context, id string) (*liveExec, error) {
+	if id == "" || len(id) > 128 {
+		return nil, fmt.Errorf("%w: bad id %q", errUnknownExecution, id)
+	}
+	s.mu.Lock()
+	le, ok := s.live[id]
+	if !ok {
+		le = &liveExec{ready: make(chan struct{}), mu: newChanMutex(), watchers: map[chan watchMsg]struct{}{}}
+		s.live[id] = le
+	}
+	s.mu.Unlock()
+	if ok {
+		select {
+		case <-le.ready:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if le.err != nil {
+			return nil, le.err
+		}
+		return le, nil
+	}
+	le.err = s.rebuild(ctx, le, id)
+	close(le.ready)
+	if le.err != nil {
+		s.mu.Lock()
+		if s.live[id] == le {
+			delete(s.live, id)
+		}
+		s.mu.Unlock()
+		return nil, le.err
+	}
+	return le, nil
+}
+
+// rebuild restores an execution's state from its ledger chain: the chain is
+// verified link by link (Events), then replayed through a new lineage.Chain
+// so that the next event links to the last one recorded. Executions that
+// were not permitted, or whose grant cannot be read, are refused.
+func (s *Service) rebuild(ctx context.Context, le *liveExec, id string) error {
+	events, _, err := s.g.Events(ctx, id)
+	if err != nil {
+		return fmt.Errorf("%w: %s: %w", errUnknownExecution, id, err)
+	}
+	var intent lineage.IntentBody
+	if err := events[0].DecodeBody(&intent); err != nil {
+		return err
+	}
+	first := events[0]
+	chain := lineage.NewChain(first.Execution, first.Task, first.Parent)
+	ex := &Execution{g: s.g, ID: id, Action: intent.Action, Digest: intent.ActionDigest, chain: chain}
+	for _, e := range events {
+		_, b, err := chain.Next(e.Type, e.Actor, e.Time, e.Body)
+		if err != nil {
+			return fmt.Errorf("gateway: rebuild %s: event %d: %w", id, e.Seq, err)
+		}
+		orig, err := e.Canonical()
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(b, orig) {
+			return fmt.Errorf("gateway: rebuild %s: event %d does not replay to the bytes in the ledger", id, e.Seq)
+		}
+		switch e.Type {
+		case lineage.TypeDecision:
+			if err := e.DecodeBody(&ex.Decision); err != nil {
+				return err
+			}
+		case lineage.TypeGrant:
+			var gb lineage.GrantBody
+			if err := e.DecodeBody(&gb); err != nil {
+				return err
+			}
+			tok, err := s.g.Token(ctx, gb.JTI)
+			if err != nil {
+				return err
+			}
+			c, err := grant.VerifySignature(tok, map[string]ed25519.PublicKey{grant.KeyID(s.g.grantPub): s.g.grantPub})
+			if err != nil {
+				return fmt.Errorf("gateway: rebuild %s: stored grant: %w", id, err)
+			}
+			ex.Token, ex.Claims = tok, c
+			if c.Cnf != nil {
+				le.holder = c.Cnf.X5tS256
+			}
+		case lineage.TypeStart:
+			le.started = true
+		case lineage.TypeRevocation:
+			var rb RevocationBody
+			if err := e.DecodeBody(&rb); err == nil {
+				le.revoked = "revocation " + rb.Revocation
+			} else {
+				le.revoked = "revoked"
+			}
+		case lineage.TypeEnd, lineage.TypeInterrupt:
+			le.terminal = outcomeOf(e)
+		}
+	}
+	switch {
+	case ex.Decision.Decision == policy.Permit && ex.Token != "":
+	case ex.Decision.Decision == policy.RequireApproval:
+	default:
+		return fmt.Errorf("%w: %s was not permitted (decision %q)", errUnknownExecution, id, ex.Decision.Decision)
+	}
+	le.ex, le.principal = ex, intent.Action.Principal.ID
+	return nil
+}
+
+// recordAs appends one event to le's chain with the given actor. The
+// caller holds le.mu.
+func (s *Service) recordAs(ctx context.Context, le *liveExec, typ, actor string, body any) (*lineage.Event, error) {
+	ex := le.ex
+	e, b, err := ex.chain.Next(typ, actor, action.FormatTime(s.now()), body)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.g.append(ctx, ex, []*lineage.Event{e}, [][]byte{b}); err != nil {
+		// The chain advanced in memory but the event is not durable: the
+		// next event would link to a hash the ledger does not have. Drop
+		// the cached state; the next request rebuilds it from the ledger.
+		s.forget(ex.ID)
+		le.terminal = "unknown (ledger write failed)"
+		return nil, err
+	}
+	return e, nil
+}
+
+// EventRequest is the body of POST /v1/executions/{id}/events.
+type EventRequest struct {
+	Type string          `json:"type"`
+	Body json.RawMessage `json:"body"`
+}
+
+// EventResponse is the answer to an accepted event.
+type EventResponse struct {
+	Execution string `json:"execution"`
+	Type      string `json:"type"`
+	Seq       int64  `json:"seq"`
+}
+
+// maxHeartbeatBody bounds a heartbeat's body.
+const maxHeartbeatBody = 4 << 10
+
+// HeartbeatBody is the body of a heartbeat event an enforcer reports.
+type HeartbeatBody struct {
+	// Note is free text, at most a few KiB.
+	Note string `json:"note"`
+}
+
+// decodeEventBody decodes raw strictly as the body type of typ.
+func decodeEventBody(typ string, raw json.RawMessage) (any, error) {
+	var v any
+	switch typ {
+	case lineage.TypeStart:
+		v = new(lineage.StartBody)
+	case lineage.TypeEnd:
+		v = new(lineage.EndBody)
+	case lineage.TypeInterrupt:
+		v = new(lineage.InterruptBody)
+	case lineage.TypeHeartbeat:
+		v = new(HeartbeatBody)
+		if len(raw) > maxHeartbeatBody {
+			return nil, fmt.Errorf("heartbeat body is %d bytes, over %d", len(raw), maxHeartbeatBody)
+		}
+	default:
+		return nil, fmt.Errorf("event type %q cannot be reported; want start, end, interrupt or heartbeat", typ)
+	}
+	if len(raw) == 0 {
+		return nil, fmt.Errorf("%s event has no body", typ)
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return nil, fmt.Errorf("%s body: %w", typ, err)
+	}
+	return v, nil
+}
+
+// mayReport reports whether c may act on le: its own principal, or an
+// enforcer. The caller holds le.mu or le's identity fields are immutable.
+func mayReport(c *caller, le *liveExec) error {
+	if c.class == identity.ClassEnforcer || c.principal.ID == le.principal {
+		return nil
+	}
+	return fmt.Errorf("execution %s belongs to %s; %s may not report on it", le.ex.ID, le.principal, c.principal.ID)
+}
+
+func (s *Service) handleEvent(w http.ResponseWriter, r *http.Request, c *caller) {
+	var req EventRequest
+	if err := readJSON(r, &req); err != nil {
+		writeError(w, http.StatusBadRequest, "bad_request", err)
+		return
+	}
+	body, err := decodeEventBody(req.Type, req.Body)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "bad_request", err)
+		return
+	}
+	le, err := s.lookup(r.Context(), r.PathValue("id"))
+	if err != nil {
+		writeError(w, http.StatusNotFound, "not_found", err)
+		return
+	}
+	if err := le.mu.LockContext(r.Context()); err != nil {
+		writeError(w, http.StatusServiceUnavailable, "unavailable", err)
+		return
+	}
+	defer le.mu.Unlock()
+	if err := mayReport(c, le); err != nil {
+		writeError(w, http.StatusForbidden, "forbidden", err)
+		return
+	}
+	if status, code, err := s.admitEvent(le, req.Type, body); err != nil {
+		writeError(w, status, code, err)
+		return
+	}
+	// The event is recorded even if the client has gone away meanwhile: a
+	// reported end or interruption must reach the ledger.
+	ctx := context.WithoutCancel(r.Context())
+	e, err := s.recordAs(ctx, le, req.Type, c.principal.ID, body)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "ledger", err)
+		return
+	}
+	s.metrics.event(req.Type)
+	switch req.Type {
+	case lineage.TypeStart:
+		le.started = true
+	case lineage.TypeEnd, lineage.TypeInterrupt:
+		le.terminal = req.Type
+		le.notify(watchMsg{Event: "ended", Reason: req.Type})
+		s.forget(le.ex.ID)
+	}
+	writeJSON(w, http.StatusOK, EventResponse{Execution: le.ex.ID, Type: req.Type, Seq: e.Seq})
+}
+
+// admitEvent checks that an event of type typ may follow the execution's
+// state. The caller holds le.mu.
+func (s *Service) admitEvent(le *liveExec, typ string, body any) (int, string, error) {
+	id := le.ex.ID
+	if le.terminal != "" {
+		return http.StatusConflict, "ended", fmt.Errorf("execution %s has ended (%s)", id, le.terminal)
+	}
+	switch typ {
+	case lineage.TypeStart:
+		sb := body.(*lineage.StartBody)
+		switch {
+		case le.ex.Token == "":
+			return http.StatusConflict, "no_grant", fmt.Errorf("execution %s has no grant (decision %s, not approved)", id, le.ex.Decision.Decision)
+		case le.revoked != "":
+			return http.StatusGone, "revoked", fmt.Errorf("execution %s is revoked (%s); it may not start", id, le.revoked)
+		case le.started:
+			return http.StatusConflict, "conflict", fmt.Errorf("execution %s has already started", id)
+		case sb.GrantJTI != le.ex.Claims.ID:
+			return http.StatusConflict, "conflict", fmt.Errorf("start names grant %q, execution %s was granted %s", sb.GrantJTI, id, le.ex.Claims.ID)
+		case !s.now().Before(le.lease):
+			return http.StatusGone, "lease_expired", fmt.Errorf("execution %s: its lease expired at %s", id, action.FormatTime(le.lease))
+		}
+	case lineage.TypeEnd, lineage.TypeHeartbeat:
+		if !le.started {
+			return http.StatusConflict, "conflict", fmt.Errorf("execution %s has not started; a %s event needs a start", id, typ)
+		}
+	}
+	return 0, "", nil
+}
