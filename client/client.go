@@ -36,6 +36,7 @@ import (
 	"time"
 
 	"github.com/etbproject/etb/action"
+	"github.com/etbproject/etb/enforce/sandbox"
 	"github.com/etbproject/etb/grant"
 	"github.com/etbproject/etb/ledger"
 	"github.com/etbproject/etb/policy"
@@ -72,6 +73,9 @@ type Client struct {
 	opt    Options
 	hc     *http.Client // requests with a bounded lifetime
 	stream *http.Client // watch streams
+
+	probe sync.Once
+	feat  sandbox.Features
 
 	mu     sync.Mutex
 	db     *sql.DB

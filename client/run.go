@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/etbproject/etb/enforce"
+	"github.com/etbproject/etb/enforce/sandbox"
+	"github.com/etbproject/etb/gateway"
 	"github.com/etbproject/etb/grant"
 	"github.com/etbproject/etb/lineage"
 	"github.com/etbproject/etb/policy"
@@ -31,15 +33,15 @@ const (
 
 // Reasons of the interrupt events RunCommand reports.
 const (
-	ReasonRevoked      = "revoked"
-	ReasonPolicyDenied = "policy_denied"
-	ReasonLeaseLost    = "lease_lost"
-	ReasonTimeout      = "timeout"
-	ReasonGrantInvalid = "grant_invalid"
-	ReasonStartFailed  = "start_failed"
-	ReasonReport       = "report_failed"
-	ReasonCancelled    = "cancelled"
-	ReasonSandbox      = "sandbox_unavailable"
+	ReasonRevoked       = "revoked"
+	ReasonPolicyDenied  = "policy_denied"
+	ReasonLeaseLost     = "lease_lost"
+	ReasonTimeout       = "timeout"
+	ReasonGrantInvalid  = "grant_invalid"
+	ReasonStartFailed   = "start_failed"
+	ReasonReport        = "report_failed"
+	ReasonCancelled     = "cancelled"
+	ReasonUnenforceable = "obligation_unenforceable"
 )
 
 // RunRequest is a local command to govern through the gateway.
@@ -126,10 +128,17 @@ func (c *Client) RunCommand(ctx context.Context, req RunRequest) (*RunResult, er
 	if err != nil {
 		return c.refuse(ctx, res, ReasonGrantInvalid, err)
 	}
-	if claims.Obl.Sandboxed() {
-		// Fail closed: this enforcer applies only the timeout; limits that
-		// need the kernel sandbox are a refusal, never silently dropped.
-		return c.refuse(ctx, res, ReasonSandbox, fmt.Errorf("the grant's obligations need the kernel sandbox (limits, fs, net, env or cwd), which the gateway client does not apply"))
+	// Obligations beyond the timeout are the kernel sandbox's to enforce;
+	// one this host cannot enforce is a refusal before anything runs.
+	rec := context.WithoutCancel(ctx)
+	sb, err := gateway.SandboxSpec(claims.Obl, spec, func(ev sandbox.ConnEvent) {
+		c.reportOrSpool(rec, auth.Execution, lineage.TypeEgress, lineage.EgressBody{Method: ev.Method, Target: ev.Target, Allowed: ev.Allowed, Error: ev.Err})
+	})
+	if err == nil && sb != nil {
+		err = sandbox.Check(*sb, c.features())
+	}
+	if err != nil {
+		return c.refuse(ctx, res, ReasonUnenforceable, fmt.Errorf("the grant's obligations cannot be enforced here: %w", err))
 	}
 	verifier := grant.NewVerifier(keys, replay, c.opt.ClockSkew, nil)
 	authorize := func(ctx context.Context, digest string) error {
@@ -144,7 +153,8 @@ func (c *Client) RunCommand(ctx context.Context, req RunRequest) (*RunResult, er
 		return c.Report(ctx, auth.Execution, lineage.TypeStart, lineage.StartBody{PID: int64(pid),
 			Program: spec.Target.Program, ProgramSHA256: spec.Target.ProgramSHA256, GrantJTI: claims.ID})
 	}
-	cmd := enforce.Command{Spec: spec, Env: req.Env, Stdin: req.Stdin, Stdout: req.Stdout, Stderr: req.Stderr, Timeout: claims.Obl.Timeout.D()}
+	cmd := enforce.Command{Spec: spec, Env: req.Env, Stdin: req.Stdin, Stdout: req.Stdout, Stderr: req.Stderr, Timeout: claims.Obl.Timeout.D(),
+		Sandbox: sb}
 	r, runErr := enforce.Run(runCtx, cmd, authorize, onStart)
 	cancel(nil)
 	<-sup
@@ -196,6 +206,22 @@ func (c *Client) RunCommand(ctx context.Context, req RunRequest) (*RunResult, er
 	return c.finish(ctx, res, lineage.TypeEnd, lineage.EndBody{ExitCode: int64(r.ExitCode), Signal: r.Signal,
 		DurationNS: r.EndedAt.Sub(r.StartedAt).Nanoseconds(), StdoutSHA256: r.StdoutSHA256, StdoutBytes: r.StdoutBytes,
 		StderrSHA256: r.StderrSHA256, StderrBytes: r.StderrBytes})
+}
+
+// reportOrSpool reports an event, spooling it if the gateway cannot take
+// it now.
+func (c *Client) reportOrSpool(ctx context.Context, execution, typ string, body any) {
+	rctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	if err := c.Report(rctx, execution, typ, body); err != nil && !IsCode(err, CodeEnded) {
+		c.spool(execution, typ, body)
+	}
+}
+
+// features probes once what this host's kernel sandbox can enforce.
+func (c *Client) features() sandbox.Features {
+	c.probe.Do(func() { c.feat = sandbox.Probe() })
+	return c.feat
 }
 
 // refuse ends an execution the enforcer refused to start.

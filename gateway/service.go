@@ -63,7 +63,10 @@ type ServiceOptions struct {
 //
 // Open executions are cached in memory; the ledger is the record, and an
 // execution missing from memory (after a restart) is rebuilt from its
-// ledger chain, which is checked link by link before it is used.
+// ledger chain, which is checked link by link before it is used. An
+// execution left unrenewed for a minute past its lease is closed by the
+// gateway with an interrupt (reason lease_expired), so that one whose
+// enforcer vanished still ends in the record.
 type Service struct {
 	g       *Gateway
 	opt     ServiceOptions
@@ -302,7 +305,9 @@ type IntentResponse struct {
 
 func (s *Service) handleIntent(w http.ResponseWriter, r *http.Request, c *caller) {
 	arrived := time.Now()
-	s.maybeSweep()
+	if stale := s.maybeSweep(); len(stale) > 0 {
+		go s.closeStale(context.WithoutCancel(r.Context()), stale)
+	}
 	var req IntentRequest
 	if err := readJSON(r, &req); err != nil {
 		writeError(w, http.StatusBadRequest, "bad_request", err)
@@ -347,9 +352,17 @@ func (s *Service) handleIntent(w http.ResponseWriter, r *http.Request, c *caller
 		resp.Lease = &Lease{Expires: action.FormatTime(exp), TTLMS: exp.Sub(s.now()).Milliseconds()}
 	}
 	if isApprovalPending(ex.Decision) {
-		s.register(r.Context(), ex, c.holder)
+		le := s.register(r.Context(), ex, c.holder)
 		t, err := s.openTicket(r.Context(), ex, c.holder)
 		if err != nil {
+			// No ticket, no approval: close the execution in the record.
+			le.mu.Lock()
+			if _, rerr := s.recordAs(context.WithoutCancel(r.Context()), le, lineage.TypeInterrupt, s.g.cfg.Issuer,
+				lineage.InterruptBody{Reason: "approval_unavailable", Detail: err.Error()}); rerr == nil {
+				le.terminal = "interrupted: approval_unavailable"
+				s.forget(ex.ID)
+			}
+			le.mu.Unlock()
 			writeError(w, http.StatusInternalServerError, "not_authorized", err)
 			return
 		}

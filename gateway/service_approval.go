@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/etbproject/etb/action"
@@ -48,13 +49,7 @@ CREATE TABLE IF NOT EXISTS etb_approvals(
 `
 
 // ApprovalBody is the body of an approval event.
-type ApprovalBody struct {
-	Ticket       string `json:"ticket"`
-	Decision     string `json:"decision"` // approved or rejected
-	Approver     string `json:"approver"`
-	ActionDigest string `json:"action_digest"`
-	Comment      string `json:"comment,omitempty"`
-}
+type ApprovalBody = lineage.ApprovalBody
 
 // Approval is a ticket as the API shows it.
 type Approval struct {
@@ -77,10 +72,20 @@ type Approval struct {
 type ticket struct {
 	id, execution, digest, principal, holder string
 	expires                                  time.Time
-	// status, approver are guarded by the execution's le.mu.
+	// decideMu serializes deciding the ticket (approve, reject, expire);
+	// mu guards status and approver.
+	decideMu         sync.Mutex
+	mu               sync.Mutex
 	status, approver string
 	done             chan struct{} // closed when status leaves pending
 	timer            *time.Timer   // guarded by Service.mu
+}
+
+// state returns the ticket's status and approver.
+func (t *ticket) state() (status, approver string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.status, t.approver
 }
 
 func (s *Service) createApprovalTable(ctx context.Context) error {
@@ -99,9 +104,14 @@ func (s *Service) openTicket(ctx context.Context, ex *Execution, holder string) 
 		return nil, fmt.Errorf("gateway: store approval ticket for %s: %w", ex.ID, err)
 	}
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old, ok := s.tickets[t.id]; ok {
+		// A reader (a listing) loaded the new row before we got here: keep
+		// the one object everybody waits on.
+		return old, nil
+	}
 	s.tickets[t.id] = t
 	t.timer = time.AfterFunc(time.Until(t.expires), func() { s.expire(context.Background(), t) })
-	s.mu.Unlock()
 	return t, nil
 }
 
@@ -148,7 +158,9 @@ func (s *Service) setStatus(ctx context.Context, t *ticket, status, approver str
 		status, approver, t.id, TicketPending); err != nil {
 		return fmt.Errorf("gateway: approval ticket %s: %w", t.id, err)
 	}
+	t.mu.Lock()
 	t.status, t.approver = status, approver
+	t.mu.Unlock()
 	s.metrics.approval(status)
 	s.mu.Lock()
 	if t.timer != nil {
@@ -167,9 +179,11 @@ func (s *Service) expire(ctx context.Context, t *ticket) {
 	if err != nil {
 		return
 	}
+	t.decideMu.Lock()
+	defer t.decideMu.Unlock()
 	le.mu.Lock()
 	defer le.mu.Unlock()
-	if t.status != TicketPending {
+	if st, _ := t.state(); st != TicketPending {
 		return
 	}
 	if err := s.setStatus(ctx, t, TicketExpired, ""); err != nil {
@@ -193,11 +207,14 @@ func (s *Service) decide(ctx context.Context, t *ticket, approve bool, approver,
 	if err != nil {
 		return http.StatusNotFound, "not_found", err
 	}
+	t.decideMu.Lock()
+	defer t.decideMu.Unlock()
 	le.mu.Lock()
 	defer le.mu.Unlock()
+	st, _ := t.state()
 	switch {
-	case t.status != TicketPending:
-		return http.StatusConflict, "decided", fmt.Errorf("approval ticket %s is already %s", t.id, t.status)
+	case st != TicketPending:
+		return http.StatusConflict, "decided", fmt.Errorf("approval ticket %s is already %s", t.id, st)
 	case !s.now().Before(t.expires):
 		return http.StatusGone, "expired", fmt.Errorf("approval ticket %s expired at %s", t.id, action.FormatTime(t.expires))
 	case le.terminal != "" || le.revoked != "":
@@ -266,12 +283,13 @@ func (s *Service) grantApproved(ctx context.Context, le *liveExec, holder string
 // view renders a ticket for a caller; the grant only for its requester.
 // The caller holds le.mu (when le is not nil).
 func (s *Service) view(t *ticket, le *liveExec, c *caller) Approval {
-	a := Approval{ID: t.id, Execution: t.execution, Status: t.status, Expires: action.FormatTime(t.expires),
-		Digest: t.digest, Principal: t.principal, Approver: t.approver}
+	st, approver := t.state()
+	a := Approval{ID: t.id, Execution: t.execution, Status: st, Expires: action.FormatTime(t.expires),
+		Digest: t.digest, Principal: t.principal, Approver: approver}
 	if le != nil && le.ex != nil {
 		spec := le.ex.Action.Action
 		a.Action = &spec
-		if t.status == TicketApproved && c.principal.ID == t.principal && le.ex.Token != "" && !le.started && le.terminal == "" {
+		if st == TicketApproved && c.principal.ID == t.principal && le.ex.Token != "" && !le.started && le.terminal == "" {
 			a.Grant = le.ex.Token
 			a.Lease = &Lease{Expires: action.FormatTime(le.lease), TTLMS: max(0, le.lease.Sub(s.now()).Milliseconds())}
 		}

@@ -126,6 +126,9 @@ func TestApprovalApproveWhileWaiting(t *testing.T) {
 		events[2].Actor != ab.Approver || ab.Decision != "approved" || ab.ActionDigest != tk.Digest || ab.Comment != "looks fine" {
 		t.Fatalf("approval event %s by %s", events[2].Body, events[2].Actor)
 	}
+	if rep := verifyEvidence(t, e, res.Execution); rep.Decision != policy.RequireApproval || rep.Outcome != "exit 0" {
+		t.Fatalf("verified %s → %s", rep.Decision, rep.Outcome)
+	}
 }
 
 func TestApprovalRejectAndExpiry(t *testing.T) {
@@ -153,6 +156,9 @@ func TestApprovalRejectAndExpiry(t *testing.T) {
 	if got := strings.Join(eventTypes(t, e.g, a.Execution), ","); got != "intent,decision,approval,interrupt" {
 		t.Fatalf("rejected events %s", got)
 	}
+	if rep := verifyEvidence(t, e, a.Execution); !strings.HasPrefix(rep.Outcome, "interrupted") {
+		t.Fatalf("verified rejected outcome %q", rep.Outcome)
+	}
 
 	// Nobody decides: the waiting caller gets a denial when the ticket
 	// expires, and a late approval is refused.
@@ -171,6 +177,9 @@ func TestApprovalRejectAndExpiry(t *testing.T) {
 	}
 	if got := strings.Join(eventTypes(t, e.g, a.Execution), ","); got != "intent,decision,interrupt" {
 		t.Fatalf("expired events %s", got)
+	}
+	if rep := verifyEvidence(t, e, a.Execution); !strings.HasPrefix(rep.Outcome, "interrupted") {
+		t.Fatalf("verified expired outcome %q", rep.Outcome)
 	}
 }
 

@@ -87,16 +87,18 @@ const (
 )
 
 // maybeSweep drops from memory the executions whose lease expired more
-// than staleAfter ago (their enforcers have killed them) and that nobody
-// is watching or using. Dropping is always safe: the ledger is the record
-// and lookup rebuilds from it.
-func (s *Service) maybeSweep() {
+// than staleAfter ago (their enforcers have killed them, or died) and that
+// nobody is watching or using, and returns them: closeStale records their
+// end. Dropping is always safe: the ledger is the record and lookup
+// rebuilds from it.
+func (s *Service) maybeSweep() []*liveExec {
 	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if now.Sub(s.lastSweep) < sweepEvery {
-		return
+		return nil
 	}
+	var stale []*liveExec
 	s.lastSweep = now
 	for id, le := range s.live {
 		select {
@@ -111,6 +113,28 @@ func (s *Service) maybeSweep() {
 		}
 		if le.err == nil && len(le.watchers) == 0 && !le.lease.IsZero() && now.Sub(le.lease) > staleAfter {
 			delete(s.live, id)
+			if le.terminal == "" {
+				stale = append(stale, le)
+			}
+		}
+		le.mu.Unlock()
+	}
+	return stale
+}
+
+// closeStale records an interruption (reason "lease_expired", by the
+// gateway) for each swept execution that has no terminal event yet, so
+// that an execution whose enforcer vanished still ends in the record. An
+// enforcer's own later report of the end is then refused as a duplicate.
+func (s *Service) closeStale(ctx context.Context, stale []*liveExec) {
+	for _, le := range stale {
+		le.mu.Lock()
+		if le.terminal == "" {
+			detail := fmt.Sprintf("no renewal since the lease expired at %s; the enforcer must have killed it or died", action.FormatTime(le.lease))
+			if _, err := s.recordAs(ctx, le, lineage.TypeInterrupt, s.g.cfg.Issuer, lineage.InterruptBody{Reason: "lease_expired", Detail: detail}); err == nil {
+				le.terminal = "interrupted: lease_expired"
+				le.notify(watchMsg{Event: "ended", Reason: "lease_expired"})
+			}
 		}
 		le.mu.Unlock()
 	}
@@ -287,13 +311,15 @@ func decodeEventBody(typ string, raw json.RawMessage) (any, error) {
 		v = new(lineage.EndBody)
 	case lineage.TypeInterrupt:
 		v = new(lineage.InterruptBody)
+	case lineage.TypeEgress:
+		v = new(lineage.EgressBody)
 	case lineage.TypeHeartbeat:
 		v = new(HeartbeatBody)
 		if len(raw) > maxHeartbeatBody {
 			return nil, fmt.Errorf("heartbeat body is %d bytes, over %d", len(raw), maxHeartbeatBody)
 		}
 	default:
-		return nil, fmt.Errorf("event type %q cannot be reported; want start, end, interrupt or heartbeat", typ)
+		return nil, fmt.Errorf("event type %q cannot be reported; want start, end, interrupt, heartbeat or egress", typ)
 	}
 	if len(raw) == 0 {
 		return nil, fmt.Errorf("%s event has no body", typ)
@@ -386,7 +412,7 @@ func (s *Service) admitEvent(le *liveExec, typ string, body any) (int, string, e
 		case !s.now().Before(le.lease):
 			return http.StatusGone, "lease_expired", fmt.Errorf("execution %s: its lease expired at %s", id, action.FormatTime(le.lease))
 		}
-	case lineage.TypeEnd, lineage.TypeHeartbeat:
+	case lineage.TypeEnd, lineage.TypeHeartbeat, lineage.TypeEgress:
 		if !le.started {
 			return http.StatusConflict, "conflict", fmt.Errorf("execution %s has not started; a %s event needs a start", id, typ)
 		}

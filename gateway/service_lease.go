@@ -63,11 +63,7 @@ type RevokeResponse struct {
 }
 
 // RevocationBody is the body of a revocation event.
-type RevocationBody struct {
-	Revocation string `json:"revocation"`
-	Scope      string `json:"scope"`
-	Value      string `json:"value"`
-}
+type RevocationBody = lineage.RevocationBody
 
 // revocation is one revocation request.
 type revocation struct {

@@ -135,6 +135,21 @@ func (e *testEnv) trust() *proof.Trust {
 	return tr
 }
 
+// verifyEvidence builds an execution's evidence and checks it offline,
+// returning the outcome the verifier established.
+func verifyEvidence(t testing.TB, e *testEnv, id string) *proof.Report {
+	t.Helper()
+	b, err := e.g.Evidence(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := proof.Verify(context.Background(), b, e.trust())
+	if err != nil {
+		t.Fatalf("evidence of %s does not verify: %v", id, err)
+	}
+	return rep
+}
+
 func eventTypes(t testing.TB, g *gateway.Gateway, id string) []string {
 	t.Helper()
 	events, _, err := g.Events(context.Background(), id)
@@ -250,6 +265,21 @@ func TestServiceRefusesWrongOrMissingCertificate(t *testing.T) {
 	if err != nil || len(n) != 0 {
 		t.Fatalf("refused callers left executions: %v %v", n, err)
 	}
+	// The caller cannot name itself in the body: a principal field is an
+	// unknown field, refused before anything is decided.
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: e.tlsFor("/agent/a")}}
+	body := `{"action":{"kind":"shell.exec","name":"echo","args":["x"]},"principal":{"id":"spiffe://etb.local/admin/root"}}`
+	resp, err := hc.Post(e.url+"/v1/intents", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("intent naming a principal: %d", resp.StatusCode)
+	}
+	if n, _ := e.g.List(ctx, 10); len(n) != 0 {
+		t.Fatalf("refused intents left executions: %v", n)
+	}
 	// An approver may not submit intents, an agent may not revoke.
 	_, err = e.client("/approver/x").Decide(ctx, echo, client.Task{})
 	if !errors.As(err, new(*client.Error)) || err.(*client.Error).Status != http.StatusForbidden {
@@ -357,6 +387,9 @@ func TestServiceRevocationKillsProcessTree(t *testing.T) {
 			if got != "intent,decision,grant,start,revocation,interrupt" {
 				t.Fatalf("events %s", got)
 			}
+			if rep := verifyEvidence(t, e, id); rep.Outcome != "interrupted: revoked" {
+				t.Fatalf("verified outcome %q", rep.Outcome)
+			}
 		})
 	}
 	// The revocation requests are persisted.
@@ -399,7 +432,10 @@ func TestServiceGatewayDiesLeaseExpires(t *testing.T) {
 	if d := time.Since(killed); d > lease+2*time.Second {
 		t.Fatalf("tree died %v after the gateway, lease %v", d, lease)
 	}
-	if res.Reason != client.ReasonLeaseLost || !res.Spooled || alive(res.Result.PID) {
+	// The gateway may die while the enforcer's start report is in flight
+	// (report_failed) or later (lease_lost): either way the tree is killed,
+	// fail closed, and the interruption is spooled.
+	if (res.Reason != client.ReasonLeaseLost && res.Reason != client.ReasonReport) || !res.Spooled || alive(res.Result.PID) {
 		t.Fatalf("result %+v", res)
 	}
 	c.Close()
@@ -423,14 +459,14 @@ func TestServiceGatewayDiesLeaseExpires(t *testing.T) {
 	}
 	last := events[len(events)-1]
 	var ib lineage.InterruptBody
-	if last.Type != lineage.TypeInterrupt || last.DecodeBody(&ib) != nil || ib.Reason != client.ReasonLeaseLost {
-		t.Fatalf("last event %s %s", last.Type, last.Body)
+	if last.Type != lineage.TypeInterrupt || last.DecodeBody(&ib) != nil || ib.Reason != res.Reason {
+		t.Fatalf("last event %s %s, the enforcer reported %s", last.Type, last.Body, res.Reason)
 	}
 	b, err := c2.Evidence(ctx, id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep, err := proof.Verify(ctx, b, e2.trust()); err != nil || rep.Outcome != "interrupted: lease_lost" {
+	if rep, err := proof.Verify(ctx, b, e2.trust()); err != nil || rep.Outcome != "interrupted: "+res.Reason {
 		t.Fatalf("verify: %+v %v", rep, err)
 	}
 	// A second delivery of a terminal event is refused: the chain is closed.

@@ -57,3 +57,22 @@ type EgressBody struct {
 	Allowed bool   `json:"allowed"`
 	Error   string `json:"error"`
 }
+
+// ApprovalBody is the body of an approval event: a human's verdict on a
+// require_approval decision, bound to the action digest it was asked for.
+// The event's actor is the approver.
+type ApprovalBody struct {
+	Ticket       string `json:"ticket"`
+	Decision     string `json:"decision"` // "approved" or "rejected"
+	Approver     string `json:"approver"`
+	ActionDigest string `json:"action_digest"`
+	Comment      string `json:"comment,omitempty"`
+}
+
+// RevocationBody is the body of a revocation event: the execution's grant
+// was revoked (by execution, task, agent or everything).
+type RevocationBody struct {
+	Revocation string `json:"revocation"`
+	Scope      string `json:"scope"`
+	Value      string `json:"value"`
+}

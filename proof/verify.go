@@ -245,30 +245,61 @@ func readLifecycle(events []*lineage.Event) (*lifecycle, error) {
 	if st.intent.Action.ID != events[0].Execution {
 		return nil, fmt.Errorf("the intent's action id %s is not the execution id %s", st.intent.Action.ID, events[0].Execution)
 	}
-	terminal := ""
-	if st.decision.Decision != policy.Permit {
-		terminal = "denied"
-		if st.decision.Decision == policy.RequireApproval {
-			terminal = "approval required"
-		}
-	}
+	// The lifecycle after the decision:
+	//   deny               → nothing, or one interrupt
+	//   require_approval   → approval(approved) → as permit
+	//                      → approval(rejected) → nothing, or one interrupt
+	//                      → interrupt (no approver, expired)
+	//   permit             → grant → start → {heartbeat, egress}* → end | interrupt
+	//                      → interrupt at any point after the decision
+	// A revocation may come once, anywhere before the terminal event; after
+	// it nothing may start.
+	var (
+		terminal  string
+		permitted = st.decision.Decision == policy.Permit
+		settled   = st.decision.Decision == policy.Deny // no grant can follow
+		approval  *lineage.ApprovalBody
+		revoked   bool
+	)
 	for i := 2; i < len(events); i++ {
 		e := events[i]
-		if terminal != "" && (st.decision.Decision == policy.Permit || e.Type != lineage.TypeInterrupt) {
+		if terminal != "" {
 			return nil, fmt.Errorf("event seq %d (%s) follows the terminal state %q", e.Seq, e.Type, terminal)
 		}
 		switch e.Type {
+		case lineage.TypeApproval:
+			if st.decision.Decision != policy.RequireApproval || approval != nil || st.grant != nil {
+				return nil, fmt.Errorf("approval at seq %d without a pending require_approval decision", e.Seq)
+			}
+			approval = new(lineage.ApprovalBody)
+			if err := e.DecodeBody(approval); err != nil {
+				return nil, err
+			}
+			if approval.ActionDigest != st.intent.ActionDigest {
+				return nil, fmt.Errorf("approval at seq %d is for action %s, the intent is %s", e.Seq, approval.ActionDigest, st.intent.ActionDigest)
+			}
+			if approval.Approver != e.Actor {
+				return nil, fmt.Errorf("approval at seq %d names approver %s but was recorded by %s", e.Seq, approval.Approver, e.Actor)
+			}
+			switch approval.Decision {
+			case "approved":
+				permitted = true
+			case "rejected":
+				settled = true
+			default:
+				return nil, fmt.Errorf("approval at seq %d has verdict %q", e.Seq, approval.Decision)
+			}
 		case lineage.TypeGrant:
-			if st.decision.Decision != policy.Permit || st.grant != nil {
-				return nil, fmt.Errorf("grant at seq %d without a permit, or a second grant", e.Seq)
+			if !permitted || settled || st.grant != nil || revoked {
+				return nil, fmt.Errorf("grant at seq %d without a permit or approval, after a revocation, or a second grant", e.Seq)
 			}
 			st.grant = new(lineage.GrantBody)
 			if err := e.DecodeBody(st.grant); err != nil {
 				return nil, err
 			}
 		case lineage.TypeStart:
-			if st.grant == nil || st.start != nil {
-				return nil, fmt.Errorf("start at seq %d without a durable permit and grant before it", e.Seq)
+			if st.grant == nil || st.start != nil || revoked {
+				return nil, fmt.Errorf("start at seq %d without a durable permit and grant before it, or after a revocation", e.Seq)
 			}
 			st.start = new(lineage.StartBody)
 			if err := e.DecodeBody(st.start); err != nil {
@@ -286,6 +317,15 @@ func readLifecycle(events []*lineage.Event) (*lifecycle, error) {
 			if st.start == nil {
 				return nil, fmt.Errorf("%s at seq %d before start", e.Type, e.Seq)
 			}
+		case lineage.TypeRevocation:
+			if revoked {
+				return nil, fmt.Errorf("a second revocation at seq %d", e.Seq)
+			}
+			var b lineage.RevocationBody
+			if err := e.DecodeBody(&b); err != nil {
+				return nil, err
+			}
+			revoked = true
 		case lineage.TypeEnd:
 			if st.start == nil {
 				return nil, fmt.Errorf("end at seq %d without a start", e.Seq)
@@ -308,7 +348,13 @@ func readLifecycle(events []*lineage.Event) (*lifecycle, error) {
 			return nil, fmt.Errorf("unexpected %s event at seq %d", e.Type, e.Seq)
 		}
 	}
-	if terminal == "" {
+	switch {
+	case terminal != "":
+	case st.decision.Decision == policy.Deny:
+		terminal = "denied"
+	case approval != nil && approval.Decision == "rejected":
+		terminal = "rejected by " + approval.Approver
+	default:
 		return nil, fmt.Errorf("the execution has no terminal event after seq %d: the bundle is truncated or the execution still running", len(events)-1)
 	}
 	st.outcome = terminal

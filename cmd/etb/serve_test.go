@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +16,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/etbproject/etb/identity"
 )
 
 // gatewayProc is a running `etb serve`.
@@ -222,4 +228,85 @@ func TestServeRevokeKillsRemoteRun(t *testing.T) {
 	if r.code != 2 {
 		t.Fatalf("run without --cert: %d %s", r.code, r.stderr)
 	}
+	// The ledger's tlog-tiles read API is mounted under /log/.
+	bundle, _, err := loadBundle(filepath.Join(home, "ca", "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := identity.ClientTLSConfig(filepath.Join(home, "ops.crt"), filepath.Join(home, "ops.key"), bundle, func(spiffeid.ID) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}}
+	resp, err := hc.Get("https://" + addr + "/log/checkpoint")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.HasPrefix(string(body), "etb.local/log/") {
+		t.Fatalf("/log/checkpoint: %d %q", resp.StatusCode, body)
+	}
+}
+
+// `etb serve --socket`: a registered local caller is attested by the
+// kernel and governed; an unregistered one is refused.
+func TestServeUnixSocket(t *testing.T) {
+	home := t.TempDir()
+	sock := filepath.Join(t.TempDir(), "etb.sock")
+	regs := filepath.Join(home, "registrations.yaml")
+	write := func(uid int) {
+		t.Helper()
+		y := fmt.Sprintf("entries:\n  - id: spiffe://etb.local/agent/local\n    uid: %d\n", uid)
+		if err := os.WriteFile(regs, []byte(y), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		uid  int
+		code int
+	}{
+		{"registered", os.Getuid(), 0},
+		{"unregistered", os.Getuid() + 4242, 70},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			write(tc.uid)
+			gw := startServeSocket(t, home, sock)
+			r := etb(t, home, "run", "--gateway", "unix://"+sock, "--", "echo", "via-socket")
+			if r.code != tc.code || (tc.code == 0 && r.stdout != "via-socket\n") {
+				t.Fatalf("etb run: %d %q %s", r.code, r.stdout, r.stderr)
+			}
+			gw.stop(t)
+		})
+	}
+	r := etb(t, home, "log")
+	if !strings.Contains(r.stdout, "spiffe://etb.local/agent/local") || strings.Count(r.stdout, "echo") != 1 {
+		t.Fatalf("etb log:\n%s", r.stdout)
+	}
+}
+
+func startServeSocket(t *testing.T, home, sock string) *gatewayProc {
+	t.Helper()
+	cmd := exec.Command(etbBin, "--home", home, "serve", "--socket", sock)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &gatewayProc{cmd: cmd}
+	t.Cleanup(func() { p.kill() })
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), "etb serve: unix socket") {
+			go io.Copy(io.Discard, out)
+			return p
+		}
+	}
+	t.Fatalf("etb serve --socket did not start: %s", stderr.String())
+	return nil
 }
