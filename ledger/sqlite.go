@@ -32,6 +32,10 @@ func OpenSQLite(ctx context.Context, path string) (*sql.DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ledger: open sqlite %q: %w", path, err)
 	}
+	// Keep connections for concurrent readers: database/sql's default of 2
+	// idle connections makes a busy server open and close SQLite
+	// connections (and re-run the pragmas) on most queries.
+	db.SetMaxIdleConns(16)
 	var mode string
 	if err := db.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
 		db.Close()

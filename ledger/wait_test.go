@@ -15,8 +15,9 @@ func TestOrigin(t *testing.T) {
 	}
 }
 
-// TestWaitCheckpoint: WaitCheckpoint returns the checkpoint committed with
-// the entry (the first whose size exceeds its index), waits for entries
+// TestWaitCheckpoint: WaitCheckpoint returns a checkpoint covering the
+// entry (from memory when this Log committed it, else the first stored one
+// whose size exceeds its index), waits for entries
 // not yet appended, including by another Log on the same storage, and
 // gives up with the context.
 func TestWaitCheckpoint(t *testing.T) {
@@ -29,7 +30,8 @@ func TestWaitCheckpoint(t *testing.T) {
 	if _, err := f.log.Append(ctx, entryData(2)); err != nil {
 		t.Fatal(err)
 	}
-	for _, tt := range []struct{ index, size uint64 }{{0, 2}, {1, 2}, {2, 3}} {
+	// This Log committed size 3 last: it covers every index.
+	for _, tt := range []struct{ index, size uint64 }{{0, 3}, {1, 3}, {2, 3}} {
 		cp, err := f.log.WaitCheckpoint(ctx, tt.index)
 		if err != nil {
 			t.Fatal(err)
@@ -39,6 +41,15 @@ func TestWaitCheckpoint(t *testing.T) {
 		}
 		if _, err := ParseCheckpoint(cp.Note, f.v); err != nil {
 			t.Errorf("WaitCheckpoint(%d): %v", tt.index, err)
+		}
+	}
+	// Another Log on the same storage has no checkpoint in memory: it finds
+	// the first stored checkpoint covering each index.
+	other := openLog(t, path)
+	for _, tt := range []struct{ index, size uint64 }{{0, 2}, {1, 2}, {2, 3}} {
+		cp, err := other.log.WaitCheckpoint(ctx, tt.index)
+		if err != nil || cp.Size != tt.size {
+			t.Errorf("other Log: WaitCheckpoint(%d) size %d (%v), want %d", tt.index, cp.Size, err, tt.size)
 		}
 	}
 

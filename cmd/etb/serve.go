@@ -28,7 +28,7 @@ import (
 )
 
 func newServeCmd(g *globals) *cobra.Command {
-	var listen, socket, registrations, policyPath string
+	var listen, socket, registrations, policyPath, logListen string
 	var lease time.Duration
 	c := &cobra.Command{
 		Use:   "serve",
@@ -48,7 +48,11 @@ kernel (SO_PEERCRED: pid, uid, and the SHA-256 of its executable) and matched
 against the registration entries in registrations.yaml in the home (or
 --registrations); an unmatched caller is refused.
 
-The ledger's tlog-tiles read API is served under /log/ (checkpoint, tiles).`,
+The ledger's tlog-tiles read API is served under /log/ (checkpoint, tiles)
+on the mTLS listener, and with --log-listen also over plain HTTP for stock
+clients, monitors ('etb log monitor') and witnesses. With "witnessing" in
+config.json, serve keeps publishing checkpoints to the witnesses: the log
+never waits for them; publication retries and catches up.`,
 		Example: `  etb serve --listen 127.0.0.1:8443
   etb serve --socket /run/etb.sock --registrations ./registrations.yaml
   etb serve --listen 127.0.0.1:8443 --socket /tmp/etb.sock --lease 5s`,
@@ -79,7 +83,7 @@ The ledger's tlog-tiles read API is served under /log/ (checkpoint, tiles).`,
 			out := cmd.OutOrStdout()
 
 			var servers []*http.Server
-			errc := make(chan error, 2)
+			errc := make(chan error, 3)
 			if listen != "" {
 				cfg, err := svc.TLSConfig(certFile, keyFile)
 				if err != nil {
@@ -95,6 +99,29 @@ The ledger's tlog-tiles read API is served under /log/ (checkpoint, tiles).`,
 				fmt.Fprintf(out, "etb serve: https://%s (mTLS, server %s, CA bundle %s)\n", ln.Addr(), gw.Config().Issuer,
 					filepath.Join(gateway.Home{Dir: mustHome(g)}.CADir(), identity.CACertFile))
 				go rotateServerSVID(ctx, gw, errLog)
+			}
+			if logListen != "" {
+				// The log is public transparency data: read-only tlog-tiles
+				// over plain HTTP, so stock clients, monitors and witnesses
+				// can follow it without a client certificate.
+				lmux := http.NewServeMux()
+				lmux.Handle("/log/", http.StripPrefix("/log", ledger.NewHandler(gw.Log())))
+				ln, err := net.Listen("tcp", logListen)
+				if err != nil {
+					return err
+				}
+				srv := &http.Server{Handler: lmux, ErrorLog: errLog, ReadHeaderTimeout: 10 * time.Second}
+				servers = append(servers, srv)
+				go func() { errc <- srv.Serve(ln) }()
+				fmt.Fprintf(out, "etb serve: log http://%s/log/ (tlog-tiles, read-only)\n", ln.Addr())
+			}
+			if w := gw.Config().Witnessing; w != nil && len(w.Witnesses) > 0 {
+				pub, err := gw.NewPublisher(ctx, *w, nil)
+				if err != nil {
+					return err
+				}
+				go pub.Run(ctx, 100*time.Millisecond, func(err error) { errLog.Printf("witnesses: %v", err) })
+				fmt.Fprintf(out, "etb serve: publishing checkpoints to %d witnesses, quorum %d\n", len(w.Witnesses), w.Quorum)
 			}
 			if socket != "" {
 				regPath := registrations
@@ -134,6 +161,7 @@ The ledger's tlog-tiles read API is served under /log/ (checkpoint, tiles).`,
 			return nil
 		},
 	}
+	c.Flags().StringVar(&logListen, "log-listen", "", "TCP address for the read-only tlog-tiles API over plain HTTP (/log/)")
 	c.Flags().StringVar(&listen, "listen", "", "TCP address for HTTPS with mTLS (default 127.0.0.1:8443 when --socket is not given)")
 	c.Flags().StringVar(&socket, "socket", "", "unix socket path for kernel-attested local callers")
 	c.Flags().StringVar(&registrations, "registrations", "", "registration entries for socket callers (default registrations.yaml in the home)")

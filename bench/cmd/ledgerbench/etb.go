@@ -75,9 +75,13 @@ func openEtb(ctx context.Context, dir string) (*etbLog, error) {
 // WaitCheckpoint for the covering checkpoint if the ledger has it; without
 // it Append's return is the coverage time, since its transaction committed
 // a checkpoint covering the entry.
-func etbAppend(l *ledger.Log) (appendOne, string) {
+func etbAppend(l *ledger.Log, wait bool) (appendOne, string) {
 	waiter, hasWait := any(l).(checkpointWaiter)
 	note := "Append's return (ledger.Log has no WaitCheckpoint: Append commits a covering signed checkpoint in the same transaction)"
+	if !wait {
+		hasWait = false
+		note = "Append's return (-etb-wait=false; Append commits a covering signed checkpoint in the same transaction)"
+	}
 	if hasWait {
 		note = "ledger.Log.WaitCheckpoint(idx) called right after Append returns, in the appending goroutine"
 	}
@@ -109,7 +113,7 @@ func runEtb(ctx context.Context, c *config) (*Result, error) {
 		return nil, err
 	}
 	defer el.close()
-	one, note := etbAppend(el.log)
+	one, note := etbAppend(el.log, c.EtbWait)
 	peak := measure.StartPeakSampler(10 * time.Millisecond)
 	res, err := drive(ctx, c, one, nil)
 	peakHeap := peak.Stop()
@@ -149,21 +153,40 @@ func runMemory(ctx context.Context, c *config, w io.Writer) error {
 		return err
 	}
 	defer el.close()
-	one, _ := etbAppend(el.log)
+	one, _ := etbAppend(el.log, c.EtbWait)
 	run := *c
 	run.Duration = 0
-	fmt.Fprintf(w, "ledgerbench -memory: %d entries of %d bytes, %d appenders, sample every %d; GOMAXPROCS=%d, %s\n",
-		c.Entries, c.Size, c.Concurrency, c.Every, runtime.GOMAXPROCS(0), runtime.Version())
+	fmt.Fprintf(w, "ledgerbench -memory: %d entries of %d bytes, %d appenders, sample every %d, etb-wait=%t; GOMAXPROCS=%d, %s\n",
+		c.Entries, c.Size, c.Concurrency, c.Every, c.EtbWait, runtime.GOMAXPROCS(0), runtime.Version())
 	const rowFmt = "%12v %9v %20v %19v %11v %11v %12v\n"
 	fmt.Fprintf(w, rowFmt, "entries", "elapsed", "entries/s (segment)", "live heap after GC", "RSS", "peak RSS", "database")
 
 	var acked atomic.Uint64
+	start := time.Now()
+	lastN, lastT := uint64(0), start
+	// sample prints one row; only the sampling goroutine calls it until
+	// drive returns, then the final call below.
+	sample := func(n uint64) error {
+		now := time.Now()
+		runtime.GC()
+		live := measure.HeapBytes()
+		rss, peak, err := measure.ProcStatus()
+		if err != nil {
+			return err
+		}
+		size, err := dirSize(c.Dir)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(w, rowFmt, n, now.Sub(start).Round(100*time.Millisecond),
+			fmt.Sprintf("%.0f", float64(n-lastN)/now.Sub(lastT).Seconds()), mib(live), mib(rss), mib(peak), mib(size))
+		lastN, lastT = n, now
+		return nil
+	}
 	stop := make(chan struct{})
 	sampled := make(chan error, 1)
-	start := time.Now()
 	go func() {
 		next := c.Every
-		lastN, lastT := uint64(0), start
 		tick := time.NewTicker(5 * time.Millisecond)
 		defer tick.Stop()
 		for {
@@ -177,22 +200,10 @@ func runMemory(ctx context.Context, c *config, w io.Writer) error {
 			if n < next {
 				continue
 			}
-			now := time.Now()
-			runtime.GC()
-			live := measure.HeapBytes()
-			rss, peak, err := measure.ProcStatus()
-			if err != nil {
+			if err := sample(n); err != nil {
 				sampled <- err
 				return
 			}
-			size, err := dirSize(c.Dir)
-			if err != nil {
-				sampled <- err
-				return
-			}
-			fmt.Fprintf(w, rowFmt, n, now.Sub(start).Round(time.Second),
-				fmt.Sprintf("%.0f", float64(n-lastN)/now.Sub(lastT).Seconds()), mib(live), mib(rss), mib(peak), mib(size))
-			lastN, lastT = n, now
 			for next <= n {
 				next += c.Every
 			}
@@ -205,6 +216,11 @@ func runMemory(ctx context.Context, c *config, w io.Writer) error {
 	}
 	if err != nil {
 		return err
+	}
+	if res.entries != lastN {
+		if err := sample(res.entries); err != nil {
+			return err
+		}
 	}
 	cp, err := el.log.Checkpoint(ctx)
 	if err != nil {

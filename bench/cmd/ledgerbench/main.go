@@ -30,6 +30,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -55,8 +56,13 @@ type config struct {
 	TesseraBatchMaxSize       uint
 	TesseraPoll               time.Duration
 
+	// EtbWait makes etb's appenders call WaitCheckpoint after Append.
+	EtbWait bool
+
 	Memory bool
 	Every  uint64
+
+	CPUProfile string
 }
 
 func (c *config) flags(fs *flag.FlagSet) {
@@ -72,8 +78,10 @@ func (c *config) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.TesseraBatchMaxAge, "tessera-batch-max-age", 0, "Tessera WithBatching max age (0: its default, 250ms)")
 	fs.UintVar(&c.TesseraBatchMaxSize, "tessera-batch-max-size", 0, "Tessera WithBatching max size (0: its default, 256)")
 	fs.DurationVar(&c.TesseraPoll, "tessera-poll", 10*time.Millisecond, "poll period of Tessera's PublicationAwaiter")
+	fs.BoolVar(&c.EtbWait, "etb-wait", true, "etb: call Log.WaitCheckpoint after each Append (false: Append's return, whose transaction commits a covering checkpoint, is the coverage time)")
 	fs.BoolVar(&c.Memory, "memory", false, "memory mode: append -entries to etb's ledger and sample memory every -every entries")
 	fs.Uint64Var(&c.Every, "every", 1_000_000, "memory mode: sample every this many entries")
+	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of each system's run to this path plus \".<system>\"")
 }
 
 // args renders c as the flags that parse back to it.
@@ -89,6 +97,8 @@ func (c *config) args() []string {
 		fmt.Sprintf("-tessera-batch-max-age=%s", c.TesseraBatchMaxAge),
 		fmt.Sprintf("-tessera-batch-max-size=%d", c.TesseraBatchMaxSize),
 		fmt.Sprintf("-tessera-poll=%s", c.TesseraPoll),
+		fmt.Sprintf("-cpuprofile=%s", c.CPUProfile),
+		fmt.Sprintf("-etb-wait=%t", c.EtbWait),
 	}
 }
 
@@ -168,6 +178,17 @@ func runChild(ctx context.Context, c *config, system string) error {
 	run, ok := runners[system]
 	if !ok {
 		return fmt.Errorf("unknown system %q", system)
+	}
+	if c.CPUProfile != "" {
+		f, err := os.Create(c.CPUProfile + "." + system)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	r, err := run(ctx, c)
 	if err != nil {
