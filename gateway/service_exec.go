@@ -152,6 +152,27 @@ var errUnknownExecution = errors.New("gateway: no such permitted execution")
 
 // lookup returns the cached execution id, rebuilding it from the ledger if
 // it is not in memory. Only one caller rebuilds; the others wait for it.
+// lockReportable finds the request's execution, locks it and checks the
+// caller may report on it; on failure it has written the error response.
+// The caller unlocks le.mu.
+func (s *Service) lockReportable(w http.ResponseWriter, r *http.Request, c *caller) (*liveExec, bool) {
+	le, err := s.lookup(r.Context(), r.PathValue("id"))
+	if err != nil {
+		writeError(w, http.StatusNotFound, "not_found", err)
+		return nil, false
+	}
+	if err := le.mu.LockContext(r.Context()); err != nil {
+		writeError(w, http.StatusServiceUnavailable, "unavailable", err)
+		return nil, false
+	}
+	if err := mayReport(c, le); err != nil {
+		le.mu.Unlock()
+		writeError(w, http.StatusForbidden, "forbidden", err)
+		return nil, false
+	}
+	return le, true
+}
+
 func (s *Service) lookup(ctx context.Context, id string) (*liveExec, error) {
 	if id == "" || len(id) > 128 {
 		return nil, fmt.Errorf("%w: bad id %q", errUnknownExecution, id)
@@ -352,20 +373,11 @@ func (s *Service) handleEvent(w http.ResponseWriter, r *http.Request, c *caller)
 		writeError(w, http.StatusBadRequest, "bad_request", err)
 		return
 	}
-	le, err := s.lookup(r.Context(), r.PathValue("id"))
-	if err != nil {
-		writeError(w, http.StatusNotFound, "not_found", err)
-		return
-	}
-	if err := le.mu.LockContext(r.Context()); err != nil {
-		writeError(w, http.StatusServiceUnavailable, "unavailable", err)
+	le, ok := s.lockReportable(w, r, c)
+	if !ok {
 		return
 	}
 	defer le.mu.Unlock()
-	if err := mayReport(c, le); err != nil {
-		writeError(w, http.StatusForbidden, "forbidden", err)
-		return
-	}
 	if status, code, err := s.admitEvent(le, req.Type, body); err != nil {
 		writeError(w, status, code, err)
 		return

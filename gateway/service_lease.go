@@ -403,20 +403,11 @@ type PolicyDenied struct {
 }
 
 func (s *Service) handleLease(w http.ResponseWriter, r *http.Request, c *caller) {
-	le, err := s.lookup(r.Context(), r.PathValue("id"))
-	if err != nil {
-		writeError(w, http.StatusNotFound, "not_found", err)
-		return
-	}
-	if err := le.mu.LockContext(r.Context()); err != nil {
-		writeError(w, http.StatusServiceUnavailable, "unavailable", err)
+	le, ok := s.lockReportable(w, r, c)
+	if !ok {
 		return
 	}
 	defer le.mu.Unlock()
-	if err := mayReport(c, le); err != nil {
-		writeError(w, http.StatusForbidden, "forbidden", err)
-		return
-	}
 	id := le.ex.ID
 	switch {
 	case le.terminal != "":

@@ -165,8 +165,10 @@ func decodeCanonical(s string) ([]byte, error) {
 	return b, nil
 }
 
-// parseDecimal parses an ASCII decimal uint64 with no sign and no leading
-// zeros (except "0" itself).
+// ParseDecimal parses an ASCII decimal uint64 with no sign and no leading
+// zeros (except "0" itself), the form of sizes and indices in C2SP texts.
+func ParseDecimal(s string) (uint64, error) { return parseDecimal(s) }
+
 func parseDecimal(s string) (uint64, error) {
 	if s == "" || len(s) > 1 && s[0] == '0' {
 		return 0, fmt.Errorf("%q is not a canonical decimal", truncate(s))

@@ -9,6 +9,8 @@ import (
 	"mime"
 	"net/http"
 	"strings"
+
+	"github.com/etbproject/etb/ledger"
 )
 
 // maxResponseBytes bounds a witness response body.
@@ -92,7 +94,7 @@ func (c *Client) AddCheckpoint(ctx context.Context, oldSize uint64, proof [][]by
 		if mt != SizeContentType || !ok {
 			return nil, &StatusError{URL: c.URL, Code: resp.StatusCode, Body: truncate(string(body))}
 		}
-		size, err := parseDecimal(s)
+		size, err := ledger.ParseDecimal(s)
 		if err != nil {
 			return nil, fmt.Errorf("witness %s: 409 with size: %w", c.URL, err)
 		}

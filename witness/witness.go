@@ -369,7 +369,7 @@ func ParseAddCheckpoint(body []byte) (old uint64, proof [][]byte, checkpoint []b
 	if !ok || !found {
 		return 0, nil, nil, errors.New(`request does not start with an "old <size>" line`)
 	}
-	if old, err = parseDecimal(s); err != nil {
+	if old, err = ledger.ParseDecimal(s); err != nil {
 		return 0, nil, nil, fmt.Errorf("old size: %w", err)
 	}
 	for {
@@ -406,24 +406,6 @@ func MarshalAddCheckpoint(old uint64, proof [][]byte, checkpoint []byte) []byte 
 	b.WriteByte('\n')
 	b.Write(checkpoint)
 	return b.Bytes()
-}
-
-// parseDecimal parses an ASCII decimal uint64 with no sign and no leading
-// zeros (except "0" itself).
-func parseDecimal(s string) (uint64, error) {
-	if s == "" || len(s) > 1 && s[0] == '0' {
-		return 0, fmt.Errorf("%q is not a canonical decimal", truncate(s))
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return 0, fmt.Errorf("%q is not a canonical decimal", truncate(s))
-		}
-	}
-	n, err := strconv.ParseUint(s, 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("%q: %w", truncate(s), err)
-	}
-	return n, nil
 }
 
 func truncate(s string) string {
