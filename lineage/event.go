@@ -13,7 +13,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/etbproject/etb/action"
 )
@@ -150,9 +152,16 @@ func (c *Chain) Next(typ, actor, time string, body any) (*Event, []byte, error) 
 	}
 	e := &Event{V: Version, Type: typ, Execution: c.Execution, Task: c.Task, Parent: c.Parent,
 		Seq: c.seq, Prev: c.prev, Time: time, Actor: actor, Body: raw}
-	b, err := e.Canonical()
-	if err != nil {
-		return nil, nil, err
+	// raw is canonical already, so the envelope can be written directly
+	// (TestEnvelopeIsCanonical checks it equals the full RFC 8785 path).
+	b, ok := e.envelope()
+	if !ok {
+		if b, err = e.Canonical(); err != nil {
+			return nil, nil, err
+		}
+	}
+	if len(b) > MaxEventBytes {
+		return nil, nil, fmt.Errorf("lineage: %s event of execution %s is %d bytes, over the %d-byte limit", e.Type, e.Execution, len(b), MaxEventBytes)
 	}
 	c.seq++
 	c.prev = action.SHA256(b)
@@ -198,4 +207,67 @@ func ShortID(id string) string {
 		return id[:12]
 	}
 	return id
+}
+
+// envelope writes the canonical (RFC 8785) bytes of e whose Body is
+// already canonical: members in the sorted order JCS gives them, strings
+// with JCS's minimal escaping. It reports false, and the caller takes the
+// general path, for any string that is not valid UTF-8 or a seq outside
+// the range JCS writes as a plain integer.
+func (e *Event) envelope() ([]byte, bool) {
+	if e.Seq < 0 || e.Seq > 1<<53 {
+		return nil, false
+	}
+	b := make([]byte, 0, 256+len(e.Body))
+	str := func(key, v string) bool {
+		b = append(b, ',', '"')
+		b = append(b, key...)
+		b = append(b, '"', ':')
+		return appendJCSString(&b, v)
+	}
+	b = append(b, `{"actor":`...)
+	if !appendJCSString(&b, e.Actor) {
+		return nil, false
+	}
+	b = append(b, `,"body":`...)
+	b = append(b, e.Body...)
+	ok := str("execution", e.Execution) && str("parent", e.Parent) && str("prev", e.Prev)
+	b = append(b, `,"seq":`...)
+	b = strconv.AppendInt(b, e.Seq, 10)
+	ok = ok && str("task", e.Task) && str("time", e.Time) && str("type", e.Type) && str("v", e.V)
+	b = append(b, '}')
+	return b, ok
+}
+
+// appendJCSString appends s as an RFC 8785 string: '"' and '\\' escaped,
+// control characters as \b \t \n \f \r or \u00xx, everything else as is.
+func appendJCSString(b *[]byte, s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	const hex = "0123456789abcdef"
+	out := append(*b, '"')
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '"' || c == '\\':
+			out = append(out, '\\', c)
+		case c == '\b':
+			out = append(out, '\\', 'b')
+		case c == '\t':
+			out = append(out, '\\', 't')
+		case c == '\n':
+			out = append(out, '\\', 'n')
+		case c == '\f':
+			out = append(out, '\\', 'f')
+		case c == '\r':
+			out = append(out, '\\', 'r')
+		case c < 0x20:
+			out = append(out, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		default:
+			out = append(out, c)
+		}
+	}
+	*b = append(out, '"')
+	return true
 }

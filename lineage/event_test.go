@@ -91,3 +91,36 @@ func TestParseRejects(t *testing.T) {
 		t.Error("unknown type accepted")
 	}
 }
+
+// The envelope fast path writes exactly what the general RFC 8785 path does.
+func TestEnvelopeIsCanonical(t *testing.T) {
+	odd := []string{"", "plain", "quote\" back\\slash", "ctl\x01\x1f\b\t\n\f\r", "é ü 日本 \u2028 \U0001F600", "<>&", "\x7f"}
+	for i, s := range odd {
+		c := NewChain(s, "task-"+s, s)
+		for j := 0; j < 3; j++ {
+			e, b, err := c.Next(TypeHeartbeat, s, s, map[string]any{"k": s, "n": j})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := e.Canonical()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(b) != string(want) {
+				t.Fatalf("case %d: envelope\n%s\nJCS\n%s", i, b, want)
+			}
+			if _, err := Parse(b); err != nil {
+				t.Fatalf("case %d: %v", i, err)
+			}
+		}
+	}
+	// Invalid UTF-8 takes the general path (which substitutes U+FFFD).
+	c := NewChain("x", "t", "")
+	e, b, err := c.Next(TypeHeartbeat, "bad\xff", "t", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want, _ := e.Canonical(); string(b) != string(want) {
+		t.Fatalf("invalid UTF-8: %s vs %s", b, want)
+	}
+}
