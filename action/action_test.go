@@ -1,6 +1,7 @@
 package action
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -227,4 +228,54 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("parsed action does not canonicalise: %v", err)
 		}
 	})
+}
+
+func TestAppendCanonicalMatchesJCS(t *testing.T) {
+	full := Action{V: Version, ID: "id-1", Time: "2026-11-26T06:00:00Z",
+		Principal: Principal{ID: "spiffe://etb.local/agent/a", Attestation: "x509-svid", UID: 1000, User: "dev", Exe: "/usr/bin/bash", ExeSHA256: "sha256:aa", OnBehalfOf: "alice"},
+		Action: Spec{Kind: KindShellExec, Name: "ls", Args: []string{"-l", `a"b\\c`}, ArgsHash: "sha256:bb",
+			Target: Target{Program: "/usr/bin/ls", ProgramSHA256: "sha256:cc", Argv: []string{"ls", "-l"}, Cwd: "/tmp", Paths: []string{"/a"}, Host: "h", Port: 443}},
+		Task: Task{ID: "t", RootID: "r", ParentID: "p", Step: 7, Labels: []string{"x", "y"}},
+		Env:  map[string]string{"b": "2", "a": "1"}}
+	for name, a := range map[string]Action{"full": full, "zero": {}, "normalised": func() Action { a := Action{}; a.Normalize(); return a }()} {
+		want, err := Canonical(&a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, ok := AppendCanonical(nil, &a)
+		if !ok || string(got) != string(want) {
+			t.Fatalf("%s: fast path %v\n%s\nJCS\n%s", name, ok, got, want)
+		}
+	}
+	// Outside the simple case the fast path declines.
+	for name, mutate := range map[string]func(*Action){
+		"non-ASCII":   func(a *Action) { a.Action.Args = []string{"é"} },
+		"control":     func(a *Action) { a.ID = "a\nb" },
+		"huge number": func(a *Action) { a.Task.Step = 1 << 60 },
+	} {
+		a := full
+		mutate(&a)
+		if _, ok := AppendCanonical(nil, &a); ok {
+			t.Errorf("%s: fast path accepted", name)
+		}
+	}
+}
+
+// AppendCanonical writes every field by hand: a field added to Action must
+// be added there too. This fails when the number of fields changes.
+func TestAppendCanonicalCoversEveryField(t *testing.T) {
+	var count func(reflect.Type) int
+	count = func(tp reflect.Type) int {
+		if tp.Kind() != reflect.Struct {
+			return 1
+		}
+		n := 0
+		for i := 0; i < tp.NumField(); i++ {
+			n += count(tp.Field(i).Type)
+		}
+		return n
+	}
+	if n := count(reflect.TypeOf(Action{})); n != 27 {
+		t.Fatalf("Action has %d leaf fields; update AppendCanonical (and this count)", n)
+	}
 }

@@ -146,7 +146,7 @@ func (c *Chain) Next(typ, actor, time string, body any) (*Event, []byte, error) 
 	if !knownTypes[typ] {
 		return nil, nil, fmt.Errorf("lineage: unknown event type %q", typ)
 	}
-	raw, err := action.Canonical(body)
+	raw, err := canonicalBody(body)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -270,4 +270,19 @@ func appendJCSString(b *[]byte, s string) bool {
 	}
 	*b = append(out, '"')
 	return true
+}
+
+// canonicalBody is action.Canonical(body), written directly for the intent
+// body (the largest, on every execution) when its action allows it.
+func canonicalBody(body any) ([]byte, error) {
+	if ib, ok := body.(IntentBody); ok {
+		b, ok := action.AppendCanonical(append(make([]byte, 0, 1024), `{"action":`...), &ib.Action)
+		if ok {
+			b = append(b, `,"action_digest":`...)
+			if appendJCSString(&b, ib.ActionDigest) {
+				return append(b, '}'), nil
+			}
+		}
+	}
+	return action.Canonical(body)
 }

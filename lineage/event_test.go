@@ -2,6 +2,7 @@ package lineage
 
 import (
 	"encoding/json"
+	"github.com/etbproject/etb/action"
 	"strings"
 	"testing"
 )
@@ -122,5 +123,25 @@ func TestEnvelopeIsCanonical(t *testing.T) {
 	}
 	if want, _ := e.Canonical(); string(b) != string(want) {
 		t.Fatalf("invalid UTF-8: %s vs %s", b, want)
+	}
+}
+
+func TestIntentBodyFastPathIsCanonical(t *testing.T) {
+	for _, a := range []action.Action{
+		{V: action.Version, ID: "x", Action: action.Spec{Kind: "shell.exec", Name: "ls", Args: []string{"-l"}}, Env: map[string]string{"k": "v"}},
+		{ID: "é non-ASCII takes the general path"},
+	} {
+		body := IntentBody{Action: a, ActionDigest: "sha256:00"}
+		got, err := canonicalBody(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := action.Canonical(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != string(want) {
+			t.Fatalf("fast\n%s\nJCS\n%s", got, want)
+		}
 	}
 }

@@ -3,160 +3,17 @@ package policy
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"slices"
-	"strconv"
 
 	"github.com/etbproject/etb/action"
 )
 
-// inputHash returns action.CanonicalHash(a). The generic path (encoding/json
-// followed by an RFC 8785 transform) costs several times more than the
-// policy evaluation itself, so the common case is encoded directly: when
-// every string of a is printable ASCII and every integer is exactly
-// representable as a float64, RFC 8785 output is simply the fields in sorted
-// key order, with only '"' and '\' escaped in strings and integers in
-// decimal. Anything else takes the generic path. FuzzInputHash checks the
-// two agree.
+// inputHash returns action.CanonicalHash(a), through action.AppendCanonical
+// in the common case: the generic path costs several times more than the
+// policy evaluation itself. FuzzInputHash checks the two agree.
 func inputHash(a *action.Action) (string, error) {
-	if b, ok := appendCanonicalAction(make([]byte, 0, 1024), a); ok {
+	if b, ok := action.AppendCanonical(make([]byte, 0, 1024), a); ok {
 		sum := sha256.Sum256(b)
 		return "sha256:" + hex.EncodeToString(sum[:]), nil
 	}
 	return action.CanonicalHash(a)
-}
-
-// maxExactInt is 2^53: every integer of smaller magnitude is exact as a
-// float64, so RFC 8785 prints it unchanged.
-const maxExactInt = 1 << 53
-
-// appendCanonicalAction appends the RFC 8785 form of a to b. It reports
-// false, leaving the caller to use the generic encoder, when a holds
-// anything outside the simple case (see inputHash). Keys are written in
-// sorted order, which RFC 8785 requires.
-func appendCanonicalAction(b []byte, a *action.Action) ([]byte, bool) {
-	ok := true
-	str := func(s string) {
-		if !ok {
-			return
-		}
-		var good bool
-		b, good = appendString(b, s)
-		ok = ok && good
-	}
-	num := func(v int64) {
-		if v <= -maxExactInt || v >= maxExactInt {
-			ok = false
-			return
-		}
-		b = strconv.AppendInt(b, v, 10)
-	}
-	list := func(l []string) {
-		if l == nil {
-			b = append(b, "null"...)
-			return
-		}
-		b = append(b, '[')
-		for i, s := range l {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			str(s)
-		}
-		b = append(b, ']')
-	}
-	key := func(k string) { b = append(b, k...) } // k is `"name":` or `,"name":`
-
-	p, s, t, tk := &a.Principal, &a.Action, &a.Action.Target, &a.Task
-	key(`{"action":{"args":`)
-	list(s.Args)
-	key(`,"args_hash":`)
-	str(s.ArgsHash)
-	key(`,"kind":`)
-	str(s.Kind)
-	key(`,"name":`)
-	str(s.Name)
-	key(`,"target":{"argv":`)
-	list(t.Argv)
-	key(`,"cwd":`)
-	str(t.Cwd)
-	key(`,"host":`)
-	str(t.Host)
-	key(`,"paths":`)
-	list(t.Paths)
-	key(`,"port":`)
-	num(t.Port)
-	key(`,"program":`)
-	str(t.Program)
-	key(`,"program_sha256":`)
-	str(t.ProgramSHA256)
-	key(`}},"env":`)
-	if a.Env == nil {
-		b = append(b, "null"...)
-	} else {
-		keys := make([]string, 0, len(a.Env))
-		for k := range a.Env {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys) // byte order equals UTF-16 order for ASCII
-		b = append(b, '{')
-		for i, k := range keys {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			str(k)
-			b = append(b, ':')
-			str(a.Env[k])
-		}
-		b = append(b, '}')
-	}
-	key(`,"id":`)
-	str(a.ID)
-	key(`,"principal":{"attestation":`)
-	str(p.Attestation)
-	key(`,"exe":`)
-	str(p.Exe)
-	key(`,"exe_sha256":`)
-	str(p.ExeSHA256)
-	key(`,"id":`)
-	str(p.ID)
-	key(`,"on_behalf_of":`)
-	str(p.OnBehalfOf)
-	key(`,"uid":`)
-	num(p.UID)
-	key(`,"user":`)
-	str(p.User)
-	key(`},"task":{"id":`)
-	str(tk.ID)
-	key(`,"labels":`)
-	list(tk.Labels)
-	key(`,"parent_id":`)
-	str(tk.ParentID)
-	key(`,"root_id":`)
-	str(tk.RootID)
-	key(`,"step":`)
-	num(tk.Step)
-	key(`},"time":`)
-	str(a.Time)
-	key(`,"v":`)
-	str(a.V)
-	b = append(b, '}')
-	return b, ok
-}
-
-// appendString appends s as an RFC 8785 string. It reports false if s
-// holds a byte outside printable ASCII (0x20-0x7e).
-func appendString(b []byte, s string) ([]byte, bool) {
-	b = append(b, '"')
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c < 0x20 || c > 0x7e:
-			return b, false
-		case c == '"' || c == '\\':
-			b = append(b, '\\', c)
-		default:
-			b = append(b, c)
-		}
-	}
-	return append(b, '"'), true
 }

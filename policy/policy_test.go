@@ -663,7 +663,7 @@ func checkInputHash(t *testing.T, a *action.Action) {
 	want, werr := action.CanonicalHash(a)
 	got, gerr := inputHash(a)
 	if got != want || (werr == nil) != (gerr == nil) {
-		fast, ok := appendCanonicalAction(nil, a)
+		fast, ok := action.AppendCanonical(nil, a)
 		generic, _ := action.Canonical(a)
 		t.Fatalf("inputHash = %s, %v; want %s, %v\nfast (%v): %s\ngeneric:     %s", got, gerr, want, werr, ok, fast, generic)
 	}
