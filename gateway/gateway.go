@@ -41,7 +41,6 @@ type Gateway struct {
 	cfg      Config
 	db       *sql.DB
 	log      *ledger.Log
-	indexer  *indexer
 	policy   atomic.Pointer[policy.Bundle]
 	issuer   *grant.Issuer
 	verifier *grant.Verifier
@@ -102,7 +101,6 @@ func Open(ctx context.Context, dir string, opt Options) (*Gateway, error) {
 	if err := g.createIndex(ctx); err != nil {
 		return fail(err)
 	}
-	g.indexer = newIndexer(db)
 	if err := g.rememberPolicy(ctx, pol); err != nil {
 		return fail(err)
 	}
@@ -135,9 +133,6 @@ func (g *Gateway) features() sandbox.Features {
 // Close releases the ledger and the database.
 func (g *Gateway) Close() error {
 	var errs []error
-	if g.indexer != nil {
-		g.indexer.Close()
-	}
 	if g.log != nil {
 		errs = append(errs, g.log.Close())
 	}
@@ -316,14 +311,21 @@ func (ex *Execution) Authorize(ctx context.Context, recomputedDigest string) err
 	return err
 }
 
-// append writes events durably to the ledger, then updates the local
-// indexes. The ledger is the record; the indexes only find things in it.
+// append writes events durably to the ledger, and the index rows that find
+// them in the same transaction: one commit, one fsync, and the index can
+// never disagree with the ledger.
 func (g *Gateway) append(ctx context.Context, ex *Execution, events []*lineage.Event, entries [][]byte) error {
-	first, err := g.log.Append(ctx, entries...)
+	_, err := g.log.AppendWith(ctx, func(ctx context.Context, tx ledger.AppendTx, first uint64) error {
+		x, ok := tx.(ledger.SQLExecer)
+		if !ok {
+			return errors.New("gateway: the ledger's storage cannot hold the index")
+		}
+		return g.writeIndex(ctx, x, ex, events, first)
+	}, entries...)
 	if err != nil {
 		return fmt.Errorf("gateway: ledger append for execution %s: %w", ex.ID, err)
 	}
-	return g.index(ctx, ex, events, first)
+	return nil
 }
 
 // Summary is one execution as `etb log` shows it.

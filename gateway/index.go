@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/etbproject/etb/ledger"
 	"github.com/etbproject/etb/lineage"
 	"github.com/etbproject/etb/policy"
 )
@@ -53,49 +54,49 @@ func (g *Gateway) PolicySource(ctx context.Context, hash string) ([]byte, error)
 	return src, nil
 }
 
-func (g *Gateway) index(ctx context.Context, ex *Execution, events []*lineage.Event, first uint64) error {
-	return g.indexer.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		outcome := ""
-		var args []any
-		for i, e := range events {
-			switch e.Type {
-			case lineage.TypeIntent:
-				// The intent's batch also holds the decision (Begin appends
-				// them together): one row with both.
-				a := ex.Action
-				if _, err := tx.ExecContext(ctx, `INSERT INTO etb_executions(id, time, agent, task, kind, name, args, decision, rules) VALUES(?,?,?,?,?,?,?,?,?)`,
-					ex.ID, a.Time, a.Principal.ID, a.Task.ID, a.Action.Kind, a.Action.Name, summarize(a),
-					ex.Decision.Decision, strings.Join(ex.Decision.Rules, ",")); err != nil {
-					return fmt.Errorf("gateway: index execution %s: %w", ex.ID, err)
-				}
-			case lineage.TypeDecision:
-				if i == 0 { // a decision recorded on its own (a re-decision)
-					if _, err := tx.ExecContext(ctx, `UPDATE etb_executions SET decision = ?, rules = ? WHERE id = ?`,
-						ex.Decision.Decision, strings.Join(ex.Decision.Rules, ","), ex.ID); err != nil {
-						return fmt.Errorf("gateway: index decision of %s: %w", ex.ID, err)
-					}
-				}
-			case lineage.TypeGrant:
-				if _, err := tx.ExecContext(ctx, `INSERT INTO etb_grants(jti, execution, token) VALUES(?,?,?)`, ex.Claims.ID, ex.ID, ex.Token); err != nil {
-					return fmt.Errorf("gateway: index grant of %s: %w", ex.ID, err)
+// writeIndex writes the index rows of events, the first at ledger index
+// first, inside the ledger's append transaction (see Gateway.append).
+func (g *Gateway) writeIndex(ctx context.Context, tx ledger.SQLExecer, ex *Execution, events []*lineage.Event, first uint64) error {
+	outcome := ""
+	var args []any
+	for i, e := range events {
+		switch e.Type {
+		case lineage.TypeIntent:
+			// The intent's batch also holds the decision (Begin appends
+			// them together): one row with both.
+			a := ex.Action
+			if _, err := tx.ExecContext(ctx, `INSERT INTO etb_executions(id, time, agent, task, kind, name, args, decision, rules) VALUES(?,?,?,?,?,?,?,?,?)`,
+				ex.ID, a.Time, a.Principal.ID, a.Task.ID, a.Action.Kind, a.Action.Name, summarize(a),
+				ex.Decision.Decision, strings.Join(ex.Decision.Rules, ",")); err != nil {
+				return fmt.Errorf("gateway: index execution %s: %w", ex.ID, err)
+			}
+		case lineage.TypeDecision:
+			if i == 0 { // a decision recorded on its own (a re-decision)
+				if _, err := tx.ExecContext(ctx, `UPDATE etb_executions SET decision = ?, rules = ? WHERE id = ?`,
+					ex.Decision.Decision, strings.Join(ex.Decision.Rules, ","), ex.ID); err != nil {
+					return fmt.Errorf("gateway: index decision of %s: %w", ex.ID, err)
 				}
 			}
-			if o := outcomeOf(e); o != "" {
-				outcome = o
-			}
-			args = append(args, e.Execution, e.Seq, first+uint64(i), e.Type)
-		}
-		if outcome != "" {
-			if _, err := tx.ExecContext(ctx, `UPDATE etb_executions SET outcome = ? WHERE id = ?`, outcome, ex.ID); err != nil {
-				return fmt.Errorf("gateway: index outcome of %s: %w", ex.ID, err)
+		case lineage.TypeGrant:
+			if _, err := tx.ExecContext(ctx, `INSERT INTO etb_grants(jti, execution, token) VALUES(?,?,?)`, ex.Claims.ID, ex.ID, ex.Token); err != nil {
+				return fmt.Errorf("gateway: index grant of %s: %w", ex.ID, err)
 			}
 		}
-		q := `INSERT INTO etb_events(execution, seq, idx, type) VALUES` + strings.TrimSuffix(strings.Repeat("(?,?,?,?),", len(events)), ",")
-		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
-			return fmt.Errorf("gateway: index events of %s: %w", ex.ID, err)
+		if o := outcomeOf(e); o != "" {
+			outcome = o
 		}
-		return nil
-	})
+		args = append(args, e.Execution, e.Seq, first+uint64(i), e.Type)
+	}
+	if outcome != "" {
+		if _, err := tx.ExecContext(ctx, `UPDATE etb_executions SET outcome = ? WHERE id = ?`, outcome, ex.ID); err != nil {
+			return fmt.Errorf("gateway: index outcome of %s: %w", ex.ID, err)
+		}
+	}
+	q := `INSERT INTO etb_events(execution, seq, idx, type) VALUES` + strings.TrimSuffix(strings.Repeat("(?,?,?,?),", len(events)), ",")
+	if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+		return fmt.Errorf("gateway: index events of %s: %w", ex.ID, err)
+	}
+	return nil
 }
 
 // List returns the most recent executions, newest first.

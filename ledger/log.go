@@ -3,6 +3,7 @@ package ledger
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"sync"
@@ -69,6 +70,7 @@ type Log struct {
 
 type appendReq struct {
 	ctx     context.Context
+	side    Sidecar
 	entries [][]byte
 	size    int
 	res     chan appendRes // buffered, capacity 1
@@ -124,6 +126,25 @@ func New(ctx context.Context, st Storage, signer note.Signer, origin string) (*L
 // error. If ctx ends while the batch is being committed, Append returns the
 // context error and the entries may or may not have been committed.
 func (l *Log) Append(ctx context.Context, entries ...[]byte) (uint64, error) {
+	return l.AppendWith(ctx, nil, entries...)
+}
+
+// Sidecar writes rows that must commit atomically with an append (an index
+// of the entries, say) inside the append's transaction, given the index of
+// the request's first entry. It must only write through tx (for SQLite
+// storage, tx implements SQLExecer) and must be quick: it runs while the
+// write lock is held.
+type Sidecar func(ctx context.Context, tx AppendTx, first uint64) error
+
+// SQLExecer is implemented by the AppendTx of SQL storage, for sidecars.
+type SQLExecer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// AppendWith is Append, running side (if non-nil) in the same transaction
+// as the entries: both are durable together or not at all. If side fails,
+// the whole batch it was grouped into fails and nothing of it is written.
+func (l *Log) AppendWith(ctx context.Context, side Sidecar, entries ...[]byte) (uint64, error) {
 	if len(entries) == 0 {
 		return 0, errors.New("ledger: append of no entries")
 	}
@@ -148,7 +169,7 @@ func (l *Log) Append(ctx context.Context, entries ...[]byte) (uint64, error) {
 	for i, e := range entries {
 		own[i] = bytes.Clone(e)
 	}
-	req := &appendReq{ctx: ctx, entries: own, size: total, res: make(chan appendRes, 1)}
+	req := &appendReq{ctx: ctx, side: side, entries: own, size: total, res: make(chan appendRes, 1)}
 
 	l.mu.RLock()
 	if l.shut {
@@ -323,7 +344,16 @@ func (l *Log) commitBatch(ctx context.Context, batch []*appendReq, n int, bt *ba
 	}
 	first, err := uint64(0), openErr
 	if err == nil {
-		first, err = l.finish(ctx, bt, entries)
+		var sides []func() error
+		off := bt.count
+		for _, r := range live {
+			if r.side != nil {
+				side, at := r.side, off
+				sides = append(sides, func() error { return side(ctx, bt.tx, at) })
+			}
+			off += uint64(len(r.entries))
+		}
+		first, err = l.finish(ctx, bt, entries, sides)
 	}
 	for _, r := range live {
 		if err != nil {
@@ -353,7 +383,7 @@ func (l *Log) commit(ctx context.Context, entries [][]byte) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	return l.finish(ctx, bt, entries)
+	return l.finish(ctx, bt, entries, nil)
 }
 
 // open begins an append transaction and checks, under the write lock, that
@@ -399,7 +429,7 @@ func (l *Log) open(ctx context.Context) (_ *batchTx, err error) {
 // finish appends entries in the open transaction bt (steps 2 to 4) and
 // commits, or, with no entries, commits the empty tree's checkpoint if the
 // store has none and otherwise rolls back. On error nothing is committed.
-func (l *Log) finish(ctx context.Context, bt *batchTx, entries [][]byte) (_ uint64, err error) {
+func (l *Log) finish(ctx context.Context, bt *batchTx, entries [][]byte, sides []func() error) (_ uint64, err error) {
 	tx, count, rng := bt.tx, bt.count, bt.rng
 	defer func() {
 		if err != nil {
@@ -445,6 +475,11 @@ func (l *Log) finish(ctx context.Context, bt *batchTx, entries [][]byte) (_ uint
 	}
 	if err := l.writeCheckpoint(ctx, tx, rng.End(), root); err != nil {
 		return 0, err
+	}
+	for _, side := range sides {
+		if err := side(); err != nil {
+			return 0, fmt.Errorf("ledger: append sidecar: %w", err)
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		return 0, err

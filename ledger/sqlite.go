@@ -419,6 +419,18 @@ func (t *sqliteTx) live() (*sql.Conn, error) {
 	return t.conn, nil
 }
 
+// ExecContext runs a statement of a sidecar (see Log.AppendWith) inside the
+// append transaction.
+func (t *sqliteTx) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	c, err := t.live()
+	if err != nil {
+		return nil, err
+	}
+	return c.ExecContext(ctx, query, args...)
+}
+
 func (t *sqliteTx) EntryCount(ctx context.Context) (uint64, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
