@@ -1,0 +1,655 @@
+// Package mcp is etb's governing proxy for the Model Context Protocol: it
+// sits between an MCP client and an upstream MCP server (stdio subprocess
+// or streamable HTTP), mirrors the upstream's tools, resources and
+// prompts, and puts every tools/call, resources/read and prompts/get
+// through the trust boundary (policy → grant → verified execution →
+// hash-linked events).
+//
+// It owns the mapping of MCP requests to etb.action/v1 documents
+// (Describe, DescribeResource, DescribePrompt), tool pinning (a tool whose
+// definition changes after it was first seen is refused), and the order of
+// the per-request steps: Begin,
+// Authorize against the digest recomputed from the exact arguments about to
+// be forwarded, record start, forward, record end (a digest and size of the
+// result, never its content) or interrupt.
+//
+// It must never forward a call whose decision is not a permit, whose grant
+// does not verify, whose tool definition changed, or whose start could not
+// be made durable; every such error path refuses the call and the upstream
+// never sees it.
+package mcp
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/etbproject/etb/action"
+	"github.com/etbproject/etb/gateway"
+	"github.com/etbproject/etb/lineage"
+	"github.com/etbproject/etb/policy"
+)
+
+// Version is the proxy's implementation version announced downstream.
+const Version = "0.1.0"
+
+// pathKeys are the top-level argument names whose string values (or lists
+// of strings) are taken as file paths and resolved into action.target.paths.
+var pathKeys = []string{"path", "paths", "source", "destination"}
+
+// Upstream identifies the server a call is forwarded to. It is what the
+// action's target records (never anything the agent supplied).
+type Upstream struct {
+	// Name is the implementation name the upstream announced in initialize.
+	Name string
+	// Program is the resolved absolute path of the upstream command and
+	// ProgramSHA256 the digest of its contents; Argv its arguments. Empty
+	// for a remote upstream.
+	Program       string
+	ProgramSHA256 string
+	Argv          []string
+	// PID is the upstream process (0 for a remote upstream).
+	PID int
+	// Host (lower case) and Port locate a remote (HTTP) upstream; empty
+	// for a stdio upstream.
+	Host string
+	Port int64
+}
+
+// target is the part of every action's target that names the upstream.
+func (up Upstream) target() action.Target {
+	return action.Target{Program: up.Program, ProgramSHA256: up.ProgramSHA256,
+		Argv: append([]string{}, up.Argv...), Host: strings.ToLower(up.Host), Port: up.Port}
+}
+
+// Describe maps one tools/call to the action spec etb governs: kind
+// mcp.tool_call, name "SERVER/TOOL", args the single-element list holding
+// the RFC 8785 canonical JSON of the arguments object ("{}" when absent),
+// and a target naming the upstream (program and argv, or host and port of
+// a remote upstream) plus the absolute,
+// cleaned paths found under the argument keys path, paths, source and
+// destination (relative paths are resolved against cwd). The arguments must
+// be a JSON object.
+func Describe(up Upstream, tool string, args json.RawMessage, cwd string) (action.Spec, error) {
+	if tool == "" {
+		return action.Spec{}, errors.New("mcp: tool name is empty")
+	}
+	if len(args) == 0 || string(args) == "null" {
+		args = json.RawMessage("{}")
+	}
+	var obj map[string]any
+	dec := json.NewDecoder(strings.NewReader(string(args)))
+	dec.UseNumber()
+	if err := dec.Decode(&obj); err != nil || obj == nil {
+		return action.Spec{}, fmt.Errorf("mcp: arguments of tool %q are not a JSON object: %.80q", tool, args)
+	}
+	if dec.More() {
+		return action.Spec{}, fmt.Errorf("mcp: arguments of tool %q: trailing data", tool)
+	}
+	canon, err := action.Canonical(json.RawMessage(args))
+	if err != nil {
+		return action.Spec{}, fmt.Errorf("mcp: arguments of tool %q: %w", tool, err)
+	}
+	paths, err := argPaths(obj, cwd)
+	if err != nil {
+		return action.Spec{}, fmt.Errorf("mcp: arguments of tool %q: %w", tool, err)
+	}
+	return action.Spec{
+		Kind:   action.KindMCPTool,
+		Name:   up.Name + "/" + tool,
+		Args:   []string{string(canon)},
+		Target: withPaths(up.target(), paths),
+	}, nil
+}
+
+func withPaths(t action.Target, paths []string) action.Target {
+	t.Paths = paths
+	return t
+}
+
+// argPaths collects and resolves the path-like arguments, sorted and
+// de-duplicated so the target does not depend on key order.
+func argPaths(obj map[string]any, cwd string) ([]string, error) {
+	var out []string
+	add := func(key string, v any) error {
+		s, ok := v.(string)
+		if !ok {
+			return fmt.Errorf("argument %q holds %T, want a string path", key, v)
+		}
+		if s == "" {
+			return fmt.Errorf("argument %q is an empty path", key)
+		}
+		out = append(out, resolvePath(s, cwd))
+		return nil
+	}
+	for _, k := range pathKeys {
+		v, ok := obj[k]
+		if !ok {
+			continue
+		}
+		if list, ok := v.([]any); ok {
+			for _, e := range list {
+				if err := add(k, e); err != nil {
+					return nil, err
+				}
+			}
+			continue
+		}
+		if err := add(k, v); err != nil {
+			return nil, err
+		}
+	}
+	sort.Strings(out)
+	uniq := out[:0]
+	for i, p := range out {
+		if i == 0 || p != out[i-1] {
+			uniq = append(uniq, p)
+		}
+	}
+	return uniq, nil
+}
+
+// resolvePath makes p absolute against cwd (a leading "~/" is the user's
+// home, as the filesystem servers expand it), cleans it, and follows the
+// symlinks of its longest existing prefix, so that a rule on the path sees
+// where the server will really write.
+func resolvePath(p, cwd string) string {
+	if strings.HasPrefix(p, "~/") {
+		if h, err := os.UserHomeDir(); err == nil {
+			p = filepath.Join(h, p[2:])
+		}
+	}
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(cwd, p)
+	}
+	p = filepath.Clean(p)
+	rest := ""
+	for dir := p; ; {
+		if r, err := filepath.EvalSymlinks(dir); err == nil {
+			return filepath.Join(r, rest)
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return p
+		}
+		rest = filepath.Join(filepath.Base(dir), rest)
+		dir = parent
+	}
+}
+
+// ToolHash is the pin of a tool: the SHA-256 of the canonical JSON of its
+// name, description and input schema.
+func ToolHash(t *sdk.Tool) (string, error) {
+	return action.CanonicalHash(struct {
+		Name        string `json:"name"`
+		Description string `json:"description"`
+		InputSchema any    `json:"inputSchema"`
+	}{t.Name, t.Description, t.InputSchema})
+}
+
+// Options configure a Proxy.
+type Options struct {
+	// Principal is who the downstream client is (the agent).
+	Principal action.Principal
+	// Env is copied into every action's env (for example "mode").
+	Env map[string]string
+	// Cwd resolves relative path arguments; the upstream's working
+	// directory. Default: the process's.
+	Cwd string
+	// Log receives one line per refusal; nil discards.
+	Log func(format string, args ...any)
+}
+
+// Proxy governs one upstream session and serves its tools downstream.
+type Proxy struct {
+	gw       *gateway.Gateway
+	opt      Options
+	upstream *sdk.ClientSession
+	up       Upstream
+	server   *sdk.Server
+
+	mu      sync.Mutex
+	pins    map[string]string    // tool name → hash on first sight
+	current map[string]*sdk.Tool // upstream's latest definition
+	changed map[string]string    // tool name → "pinned X, now Y"
+	tasks   map[*sdk.ServerSession]*task
+
+	resources map[string]*sdk.Resource         // mirrored, by URI
+	templates map[string]*sdk.ResourceTemplate // mirrored, by URI template
+	prompts   map[string]*sdk.Prompt           // mirrored, by name
+}
+
+type task struct {
+	id   string
+	step int64
+}
+
+// New returns a proxy that will govern calls with gw. Connect it to an
+// upstream before serving.
+func New(gw *gateway.Gateway, opt Options) *Proxy {
+	if opt.Cwd == "" {
+		opt.Cwd, _ = os.Getwd()
+	}
+	if opt.Log == nil {
+		opt.Log = func(string, ...any) {}
+	}
+	return &Proxy{gw: gw, opt: opt, pins: map[string]string{}, current: map[string]*sdk.Tool{},
+		changed: map[string]string{}, tasks: map[*sdk.ServerSession]*task{}}
+}
+
+// ClientOptions are the upstream client options the proxy needs (it
+// follows the upstream's list_changed notifications).
+func (p *Proxy) ClientOptions() *sdk.ClientOptions {
+	return &sdk.ClientOptions{
+		ToolListChangedHandler: func(ctx context.Context, _ *sdk.ToolListChangedRequest) {
+			if !p.connected() {
+				return // Connect lists everything once it is done
+			}
+			if err := p.Refresh(ctx); err != nil {
+				p.opt.Log("refresh tools after list_changed: %v", err)
+			}
+		},
+		ResourceListChangedHandler: func(ctx context.Context, _ *sdk.ResourceListChangedRequest) {
+			if !p.connected() {
+				return // Connect lists everything once it is done
+			}
+			if err := p.RefreshResources(ctx); err != nil {
+				p.opt.Log("refresh resources after list_changed: %v", err)
+			}
+		},
+		PromptListChangedHandler: func(ctx context.Context, _ *sdk.PromptListChangedRequest) {
+			if !p.connected() {
+				return // Connect lists everything once it is done
+			}
+			if err := p.RefreshPrompts(ctx); err != nil {
+				p.opt.Log("refresh prompts after list_changed: %v", err)
+			}
+		},
+	}
+}
+
+// connected reports whether Connect has set up both sides (a
+// notification may arrive while it is still running).
+func (p *Proxy) connected() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.server != nil && p.upstream != nil
+}
+
+// Connect connects to the upstream over t, records what it is (up; Name
+// is taken from the upstream's initialize result), pins its tools and
+// builds the downstream server mirroring them.
+func (p *Proxy) Connect(ctx context.Context, t sdk.Transport, up Upstream) error {
+	c := sdk.NewClient(&sdk.Implementation{Name: "etb-mcp-proxy", Version: Version}, p.ClientOptions())
+	cs, err := c.Connect(ctx, t, nil)
+	if err != nil {
+		return fmt.Errorf("mcp: connect upstream: %w", err)
+	}
+	init := cs.InitializeResult()
+	if init == nil || init.ServerInfo == nil || init.ServerInfo.Name == "" {
+		cs.Close()
+		return errors.New("mcp: upstream announced no implementation name")
+	}
+	up.Name = init.ServerInfo.Name
+	if ct, ok := t.(*sdk.CommandTransport); ok && ct.Command.Process != nil {
+		up.PID = ct.Command.Process.Pid
+	}
+	// Offer downstream what the upstream offers (tools, resources,
+	// prompts), each following list changes.
+	upCaps := init.Capabilities
+	if upCaps == nil {
+		upCaps = &sdk.ServerCapabilities{}
+	}
+	caps := &sdk.ServerCapabilities{}
+	if upCaps.Tools != nil {
+		caps.Tools = &sdk.ToolCapabilities{ListChanged: true}
+	}
+	if upCaps.Resources != nil {
+		caps.Resources = &sdk.ResourceCapabilities{ListChanged: true}
+	}
+	if upCaps.Prompts != nil {
+		caps.Prompts = &sdk.PromptCapabilities{ListChanged: true}
+	}
+	p.mu.Lock()
+	p.upstream, p.up = cs, up
+	p.server = sdk.NewServer(&sdk.Implementation{Name: up.Name, Title: "etb governing proxy for " + up.Name, Version: init.ServerInfo.Version},
+		&sdk.ServerOptions{Capabilities: caps})
+	p.mu.Unlock()
+	var refresh []func(context.Context) error
+	if caps.Tools != nil {
+		refresh = append(refresh, p.Refresh)
+	}
+	if caps.Resources != nil {
+		refresh = append(refresh, p.RefreshResources)
+	}
+	if caps.Prompts != nil {
+		refresh = append(refresh, p.RefreshPrompts)
+	}
+	for _, f := range refresh {
+		if err := f(ctx); err != nil {
+			cs.Close()
+			return err
+		}
+	}
+	return nil
+}
+
+// Server is the downstream server (valid after Connect).
+func (p *Proxy) Server() *sdk.Server { return p.server }
+
+// Upstream is the upstream session (valid after Connect).
+func (p *Proxy) Upstream() *sdk.ClientSession { return p.upstream }
+
+// Close closes the upstream session.
+func (p *Proxy) Close() error {
+	if p.upstream == nil {
+		return nil
+	}
+	return p.upstream.Close()
+}
+
+// Refresh lists the upstream's tools, pins new ones, marks changed ones as
+// refused, and updates the downstream mirror. A changed tool keeps its
+// pinned definition downstream and every call to it is refused.
+func (p *Proxy) Refresh(ctx context.Context) error {
+	seen := map[string]*sdk.Tool{}
+	for t, err := range p.upstream.Tools(ctx, nil) {
+		if err != nil {
+			return fmt.Errorf("mcp: list upstream tools: %w", err)
+		}
+		seen[t.Name] = t
+	}
+	var add []*sdk.Tool
+	var remove []string
+	p.mu.Lock()
+	for name, t := range seen {
+		h, err := ToolHash(t)
+		if err != nil {
+			p.mu.Unlock()
+			return fmt.Errorf("mcp: pin tool %q: %w", name, err)
+		}
+		pin, ok := p.pins[name]
+		switch {
+		case !ok:
+			p.pins[name] = h
+			add = append(add, t)
+		case pin != h:
+			if _, already := p.changed[name]; !already {
+				p.opt.Log("tool %q changed its definition: pinned %s, now %s; calls to it are refused", name, pin, h)
+			}
+			p.changed[name] = fmt.Sprintf("pinned %s, now %s", pin, h)
+		}
+		p.current[name] = t
+	}
+	for name := range p.current {
+		if _, ok := seen[name]; !ok {
+			delete(p.current, name)
+			remove = append(remove, name)
+		}
+	}
+	p.mu.Unlock()
+	if len(remove) > 0 {
+		p.server.RemoveTools(remove...)
+	}
+	for _, t := range add {
+		p.mirror(t)
+	}
+	return nil
+}
+
+// mirror adds t to the downstream server with the governing handler.
+func (p *Proxy) mirror(t *sdk.Tool) {
+	name := t.Name
+	safely(p.opt.Log, "tool "+name, func() {
+		p.server.AddTool(t, func(ctx context.Context, req *sdk.CallToolRequest) (*sdk.CallToolResult, error) {
+			return p.CallTool(ctx, req.Session, name, req.Params.Arguments, req.Params.Meta)
+		})
+	})
+}
+
+// taskOf returns the session's task: its id is the session id (a fresh
+// random id for a stdio session, which has none).
+func (p *Proxy) taskOf(ss *sdk.ServerSession) (id string, step int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	t, ok := p.tasks[ss]
+	if !ok {
+		t = &task{id: gateway.NewID()}
+		if ss != nil && ss.ID() != "" {
+			t.id = ss.ID()
+		}
+		p.tasks[ss] = t
+	}
+	t.step++
+	return t.id, t.step
+}
+
+// Refused is the tool result of a call the boundary did not let through.
+func Refused(format string, args ...any) *sdk.CallToolResult {
+	msg := fmt.Sprintf(format, args...)
+	if !strings.HasPrefix(msg, "etb: ") {
+		msg = "etb: " + msg
+	}
+	return &sdk.CallToolResult{IsError: true, Content: []sdk.Content{&sdk.TextContent{Text: msg}}}
+}
+
+// CallTool governs one call of tool with the raw arguments from session ss:
+// it describes, decides and, only for a verified permit of an unchanged
+// tool, forwards the call upstream. A refusal is a result with IsError
+// (never forwarded); an error means etb could not govern the call.
+func (p *Proxy) CallTool(ctx context.Context, ss *sdk.ServerSession, tool string, args json.RawMessage, meta sdk.Meta) (*sdk.CallToolResult, error) {
+	spec, err := Describe(p.up, tool, args, p.opt.Cwd)
+	if err != nil {
+		p.opt.Log("refused: %v", err)
+		return Refused("refused: %v", err), nil
+	}
+	p.mu.Lock()
+	def := p.current[tool]
+	change, changed := p.changed[tool]
+	pin := p.pins[tool]
+	p.mu.Unlock()
+	if def == nil {
+		return Refused("refused: tool %q is not offered by %s", tool, p.up.Name), nil
+	}
+	env := map[string]string{"mcp.tool": tool, "mcp.tool_sha256": pin}
+	for k, v := range annotationEnv(def.Annotations) {
+		env[k] = v
+	}
+	refusal := ""
+	if changed {
+		refusal = fmt.Sprintf("tool %q changed its definition since it was first seen (%s)", tool, change)
+	}
+	var res *sdk.CallToolResult
+	refused, err := p.govern(ctx, ss, spec, env, refusal, func(granted action.Spec) (action.Spec, forwardFunc, error) {
+		// What is forwarded is exactly the canonical arguments the
+		// grant's digest covers, described again from those bytes.
+		fwd := json.RawMessage(granted.Args[0])
+		again, err := Describe(p.up, tool, fwd, p.opt.Cwd)
+		return again, func(ctx context.Context) (any, bool, error) {
+			r, err := p.upstream.CallTool(ctx, &sdk.CallToolParams{Meta: meta, Name: tool, Arguments: fwd})
+			if err != nil {
+				return nil, false, err
+			}
+			res = r
+			return r, r.IsError, nil
+		}, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if refused != "" {
+		return Refused("%s", refused), nil
+	}
+	return res, nil
+}
+
+// forwardFunc sends a granted request upstream and returns its result
+// (recorded as a digest and size) and whether the upstream reported an
+// error in it.
+type forwardFunc func(ctx context.Context) (result any, isError bool, err error)
+
+// govern runs one action through the boundary: Begin (intent, decision,
+// grant), then, for a permit and an empty refusal, prepare describes again
+// what will really be sent (built from the granted spec), the grant is
+// verified against that digest, start is recorded, forward runs, and end
+// (result digest and size) or an interrupt is recorded. It returns a
+// non-empty refusal message when the action was not forwarded, and an
+// error when etb could not govern it (nothing was forwarded, or the
+// outcome could not be recorded).
+func (p *Proxy) govern(ctx context.Context, ss *sdk.ServerSession, spec action.Spec, extraEnv map[string]string, refusal string,
+	prepare func(granted action.Spec) (action.Spec, forwardFunc, error)) (string, error) {
+	taskID, step := p.taskOf(ss)
+	env := map[string]string{}
+	for k, v := range p.opt.Env {
+		env[k] = v
+	}
+	env["mcp.server"] = p.up.Name
+	for k, v := range extraEnv {
+		env[k] = v
+	}
+	a := &action.Action{Principal: p.opt.Principal, Action: spec,
+		Task: action.Task{ID: taskID, Step: step}, Env: env}
+	ex, err := p.gw.Begin(ctx, a)
+	if err != nil {
+		return "", fmt.Errorf("mcp: govern %s: %w", spec.Name, err)
+	}
+	rec := context.WithoutCancel(ctx)
+	interrupt := func(reason, detail, msg string) (string, error) {
+		p.opt.Log("%s (execution %s): %s", spec.Name, ex.ID, msg)
+		if err := ex.Record(rec, lineage.TypeInterrupt, lineage.InterruptBody{Reason: reason, Detail: detail}); err != nil {
+			return "", fmt.Errorf("mcp: record interrupt of %s: %w", ex.ID, err)
+		}
+		return fmt.Sprintf("etb: %s (execution %s)", msg, ex.ID), nil
+	}
+	switch ex.Decision.Decision {
+	case policy.Permit:
+	case policy.RequireApproval:
+		return interrupt("approval_unavailable", "the MCP proxy has no approver",
+			fmt.Sprintf("approval required by %s (%s); this proxy has no approver, so the request is refused",
+				joinOr(ex.Decision.Rules, "no rule"), joinOr(ex.Decision.Messages, "no message")))
+	default:
+		msg := fmt.Sprintf("denied by %s: %s", joinOr(ex.Decision.Rules, "no rule (default deny)"), joinOr(ex.Decision.Messages, "no message"))
+		p.opt.Log("%s (execution %s): %s", spec.Name, ex.ID, msg)
+		return fmt.Sprintf("etb: %s (execution %s)", msg, ex.ID), nil
+	}
+	if refusal != "" {
+		return interrupt("tool_changed", refusal, "refused: "+refusal)
+	}
+	again, forward, err := prepare(ex.Action.Action)
+	var digest string
+	if err == nil {
+		digest, err = again.Digest()
+	}
+	if err == nil {
+		err = ex.Authorize(ctx, digest)
+	}
+	if err != nil {
+		return interrupt("grant_invalid", err.Error(), "refused by the enforcer: "+err.Error())
+	}
+	if err := ex.Record(ctx, lineage.TypeStart, lineage.StartBody{PID: int64(p.up.PID), Program: p.up.Program,
+		ProgramSHA256: p.up.ProgramSHA256, GrantJTI: ex.Claims.ID}); err != nil {
+		return "", fmt.Errorf("mcp: record start of %s: %w", ex.ID, err)
+	}
+	callCtx := ctx
+	if d := ex.Claims.Obl.Timeout.D(); d > 0 {
+		var cancel context.CancelFunc
+		callCtx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
+	started := time.Now()
+	res, isError, err := forward(callCtx)
+	var out []byte
+	if err == nil {
+		out, err = action.Canonical(res)
+	}
+	if err != nil {
+		reason := "upstream_error"
+		switch {
+		case ctx.Err() != nil:
+			reason = "cancelled"
+		case errors.Is(callCtx.Err(), context.DeadlineExceeded):
+			reason = "timeout"
+		}
+		if rerr := ex.Record(rec, lineage.TypeInterrupt, lineage.InterruptBody{Reason: reason, Detail: err.Error()}); rerr != nil {
+			return "", errors.Join(err, rerr)
+		}
+		return "", fmt.Errorf("upstream %s (execution %s): %w", p.up.Name, ex.ID, err)
+	}
+	code := int64(0)
+	if isError {
+		code = 1
+	}
+	if err := ex.Record(rec, lineage.TypeEnd, lineage.EndBody{ExitCode: code, DurationNS: time.Since(started).Nanoseconds(),
+		StdoutSHA256: action.SHA256(out), StdoutBytes: int64(len(out))}); err != nil {
+		return "", fmt.Errorf("mcp: record end of %s: %w", ex.ID, err)
+	}
+	return "", nil
+}
+
+// annotationEnv renders a tool's declared annotations as env entries for
+// rules: mcp.annotations (canonical JSON, "{}" when none) and one
+// mcp.<hint> entry ("true"/"false") per hint the tool declares.
+func annotationEnv(a *sdk.ToolAnnotations) map[string]string {
+	env := map[string]string{"mcp.annotations": "{}"}
+	if a == nil {
+		return env
+	}
+	if c, err := action.Canonical(a); err == nil {
+		env["mcp.annotations"] = string(c)
+	}
+	env["mcp.read_only_hint"] = strconv.FormatBool(a.ReadOnlyHint)
+	env["mcp.idempotent_hint"] = strconv.FormatBool(a.IdempotentHint)
+	if a.DestructiveHint != nil {
+		env["mcp.destructive_hint"] = strconv.FormatBool(*a.DestructiveHint)
+	}
+	if a.OpenWorldHint != nil {
+		env["mcp.open_world_hint"] = strconv.FormatBool(*a.OpenWorldHint)
+	}
+	return env
+}
+
+func joinOr(s []string, empty string) string {
+	if len(s) == 0 {
+		return empty
+	}
+	return strings.Join(s, ", ")
+}
+
+// Command prepares the upstream command: its own process group (so the
+// whole tree can be killed) and SIGKILL should etb die first. Stderr
+// passes through to etb's stderr.
+func Command(argv []string) (*exec.Cmd, Upstream, error) {
+	if len(argv) == 0 {
+		return nil, Upstream{}, errors.New("mcp: no upstream command")
+	}
+	prog, err := exec.LookPath(argv[0])
+	if err != nil {
+		return nil, Upstream{}, fmt.Errorf("mcp: upstream command %q: %w", argv[0], err)
+	}
+	if prog, err = filepath.Abs(prog); err == nil {
+		prog, err = filepath.EvalSymlinks(prog)
+	}
+	if err != nil {
+		return nil, Upstream{}, fmt.Errorf("mcp: upstream command %q: %w", argv[0], err)
+	}
+	b, err := os.ReadFile(prog)
+	if err != nil {
+		return nil, Upstream{}, fmt.Errorf("mcp: hash upstream program %s: %w", prog, err)
+	}
+	cmd := exec.Command(prog, argv[1:]...)
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	return cmd, Upstream{Program: prog, ProgramSHA256: action.SHA256(b), Argv: append([]string{}, argv[1:]...)}, nil
+}

@@ -1,0 +1,208 @@
+package mcp
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/etbproject/etb/action"
+)
+
+// Kinds of the actions besides mcp.tool_call (action.KindMCPTool).
+const (
+	KindResourceRead = "mcp.resource_read"
+	KindPromptGet    = "mcp.prompt_get"
+)
+
+// CodeRefused is the JSON-RPC error code of a resources/read or
+// prompts/get the boundary refused (in the server-defined range).
+const CodeRefused = -32003
+
+// refusedError is the JSON-RPC error returned for a refused request.
+func refusedError(msg string) error {
+	return &jsonrpc.Error{Code: CodeRefused, Message: msg}
+}
+
+// DescribeResource maps a resources/read to an action spec: kind
+// mcp.resource_read, name the upstream's name, args [URI], and the
+// upstream's target, plus the resolved path of a file: URI in
+// target.paths. The URI must be absolute.
+func DescribeResource(up Upstream, uri string) (action.Spec, error) {
+	u, err := url.Parse(uri)
+	if err != nil {
+		return action.Spec{}, fmt.Errorf("mcp: resource URI %q: %w", uri, err)
+	}
+	if u.Scheme == "" {
+		return action.Spec{}, fmt.Errorf("mcp: resource URI %q has no scheme", uri)
+	}
+	t := up.target()
+	if strings.EqualFold(u.Scheme, "file") {
+		if u.Path == "" {
+			return action.Spec{}, fmt.Errorf("mcp: file URI %q has no path", uri)
+		}
+		t.Paths = []string{resolvePath(u.Path, "/")}
+	}
+	return action.Spec{Kind: KindResourceRead, Name: up.Name, Args: []string{uri}, Target: t}, nil
+}
+
+// DescribePrompt maps a prompts/get to an action spec: kind mcp.prompt_get,
+// name "SERVER/PROMPT", args the one-element list holding the canonical
+// JSON of the arguments object ("{}" when none).
+func DescribePrompt(up Upstream, name string, args map[string]string) (action.Spec, error) {
+	if name == "" {
+		return action.Spec{}, errors.New("mcp: prompt name is empty")
+	}
+	if args == nil {
+		args = map[string]string{}
+	}
+	c, err := action.Canonical(args)
+	if err != nil {
+		return action.Spec{}, fmt.Errorf("mcp: arguments of prompt %q: %w", name, err)
+	}
+	return action.Spec{Kind: KindPromptGet, Name: up.Name + "/" + name, Args: []string{string(c)}, Target: up.target()}, nil
+}
+
+// ReadResource governs one resources/read: only a verified permit is
+// forwarded; a refusal is a JSON-RPC error with code CodeRefused.
+func (p *Proxy) ReadResource(ctx context.Context, ss *sdk.ServerSession, params *sdk.ReadResourceParams) (*sdk.ReadResourceResult, error) {
+	spec, err := DescribeResource(p.up, params.URI)
+	if err != nil {
+		return nil, refusedError("etb: refused: " + err.Error())
+	}
+	var res *sdk.ReadResourceResult
+	refused, err := p.govern(ctx, ss, spec, nil, "", func(granted action.Spec) (action.Spec, forwardFunc, error) {
+		uri := granted.Args[0]
+		again, err := DescribeResource(p.up, uri)
+		return again, func(ctx context.Context) (any, bool, error) {
+			r, err := p.upstream.ReadResource(ctx, &sdk.ReadResourceParams{Meta: params.Meta, URI: uri})
+			res = r
+			return r, false, err
+		}, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if refused != "" {
+		return nil, refusedError(refused)
+	}
+	return res, nil
+}
+
+// GetPrompt governs one prompts/get like ReadResource.
+func (p *Proxy) GetPrompt(ctx context.Context, ss *sdk.ServerSession, params *sdk.GetPromptParams) (*sdk.GetPromptResult, error) {
+	spec, err := DescribePrompt(p.up, params.Name, params.Arguments)
+	if err != nil {
+		return nil, refusedError("etb: refused: " + err.Error())
+	}
+	var res *sdk.GetPromptResult
+	refused, err := p.govern(ctx, ss, spec, nil, "", func(granted action.Spec) (action.Spec, forwardFunc, error) {
+		var args map[string]string
+		if err := json.Unmarshal([]byte(granted.Args[0]), &args); err != nil {
+			return action.Spec{}, nil, err
+		}
+		again, err := DescribePrompt(p.up, params.Name, args)
+		return again, func(ctx context.Context) (any, bool, error) {
+			r, err := p.upstream.GetPrompt(ctx, &sdk.GetPromptParams{Meta: params.Meta, Name: params.Name, Arguments: args})
+			res = r
+			return r, false, err
+		}, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if refused != "" {
+		return nil, refusedError(refused)
+	}
+	return res, nil
+}
+
+// RefreshResources mirrors the upstream's resources and resource
+// templates downstream (every read of them governed).
+func (p *Proxy) RefreshResources(ctx context.Context) error {
+	res := map[string]*sdk.Resource{}
+	for r, err := range p.upstream.Resources(ctx, nil) {
+		if err != nil {
+			return fmt.Errorf("mcp: list upstream resources: %w", err)
+		}
+		res[r.URI] = r
+	}
+	tpl := map[string]*sdk.ResourceTemplate{}
+	for t, err := range p.upstream.ResourceTemplates(ctx, nil) {
+		if err != nil {
+			return fmt.Errorf("mcp: list upstream resource templates: %w", err)
+		}
+		tpl[t.URITemplate] = t
+	}
+	handler := func(ctx context.Context, req *sdk.ReadResourceRequest) (*sdk.ReadResourceResult, error) {
+		return p.ReadResource(ctx, req.Session, req.Params)
+	}
+	p.mu.Lock()
+	var goneR, goneT []string
+	for uri := range p.resources {
+		if _, ok := res[uri]; !ok {
+			goneR = append(goneR, uri)
+		}
+	}
+	for u := range p.templates {
+		if _, ok := tpl[u]; !ok {
+			goneT = append(goneT, u)
+		}
+	}
+	p.resources, p.templates = res, tpl
+	p.mu.Unlock()
+	p.server.RemoveResources(goneR...)
+	p.server.RemoveResourceTemplates(goneT...)
+	for _, r := range res {
+		safely(p.opt.Log, "resource "+r.URI, func() { p.server.AddResource(r, handler) })
+	}
+	for _, t := range tpl {
+		safely(p.opt.Log, "resource template "+t.URITemplate, func() { p.server.AddResourceTemplate(t, handler) })
+	}
+	return nil
+}
+
+// RefreshPrompts mirrors the upstream's prompts downstream.
+func (p *Proxy) RefreshPrompts(ctx context.Context) error {
+	prompts := map[string]*sdk.Prompt{}
+	for pr, err := range p.upstream.Prompts(ctx, nil) {
+		if err != nil {
+			return fmt.Errorf("mcp: list upstream prompts: %w", err)
+		}
+		prompts[pr.Name] = pr
+	}
+	p.mu.Lock()
+	var gone []string
+	for name := range p.prompts {
+		if _, ok := prompts[name]; !ok {
+			gone = append(gone, name)
+		}
+	}
+	p.prompts = prompts
+	p.mu.Unlock()
+	p.server.RemovePrompts(gone...)
+	for _, pr := range prompts {
+		safely(p.opt.Log, "prompt "+pr.Name, func() {
+			p.server.AddPrompt(pr, func(ctx context.Context, req *sdk.GetPromptRequest) (*sdk.GetPromptResult, error) {
+				return p.GetPrompt(ctx, req.Session, req.Params)
+			})
+		})
+	}
+	return nil
+}
+
+// safely runs add, turning the go-sdk's panic on an invalid definition into
+// a log line: the item is then not offered downstream (so never reachable).
+func safely(log func(string, ...any), what string, add func()) {
+	defer func() {
+		if r := recover(); r != nil {
+			log("%s not mirrored: %v", what, r)
+		}
+	}()
+	add()
+}
