@@ -350,7 +350,9 @@ func TestVerifyRefuses(t *testing.T) {
 		{"tampered depth", tamper(func(c *Claims) { c.Depth = 7 }), t0, Expect{}, ErrSignature},
 		{"tampered expiry", tamper(func(c *Claims) { c.Expiry += 60 }), t0, Expect{}, ErrSignature},
 		{"signature bit flipped", flippedSig, t0, Expect{}, ErrSignature},
-		{"truncated signature", good[:len(good)-4], t0, Expect{}, ErrMalformed},
+		// 86 base64url characters carry 64 bytes; 84 always decode to exactly 63,
+		// so this case is deterministic whatever the signature bytes are.
+		{"truncated signature", good[:len(good)-2], t0, Expect{}, ErrSignature},
 		{"signature truncated to 32 bytes", gh + "." + gp + "." + b64(t, sigBytes[:32]), t0, Expect{}, ErrSignature},
 		{"truncated to two segments", gh + "." + gp, t0, Expect{}, ErrMalformed},
 		{"truncated payload", gh + "." + gp[:len(gp)/2] + "." + gs, t0, Expect{}, nil},
