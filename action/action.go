@@ -14,6 +14,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"math"
+	"slices"
 	"strings"
 	"time"
 
@@ -85,13 +87,39 @@ type Target struct {
 	Port          int64    `json:"port"`
 }
 
-// Task places the action in a task and gives rules the task's state.
+// MaxRecent is the most entries Task.Recent may hold. It bounds the work a
+// rule over the window can do; Normalize refuses a longer window.
+const MaxRecent = 16
+
+// Task places the action in a task and gives rules the task's state. The
+// gateway fills it from the task's stored state; it is part of the policy
+// input (and so of the input hash) but not of the action digest.
 type Task struct {
-	ID       string   `json:"id"`
-	RootID   string   `json:"root_id"`
-	ParentID string   `json:"parent_id"`
-	Step     int64    `json:"step"`
-	Labels   []string `json:"labels"`
+	ID       string `json:"id"`
+	RootID   string `json:"root_id"`
+	ParentID string `json:"parent_id"`
+	Step     int64  `json:"step"`
+	// Labels are the task's flow labels, sorted and deduplicated. They only
+	// grow, and a child task starts with its parent's.
+	Labels []string `json:"labels"`
+	// Recent is the task's bounded window of most recent decided actions,
+	// oldest first, at most MaxRecent entries.
+	Recent []Recent `json:"recent"`
+	// Usage maps a limit slot "LIMIT_ID/KEY" to the amount already used in
+	// that limit's current window, for every limit slot this action is
+	// subject to. A missing slot means nothing used.
+	Usage map[string]float64 `json:"usage"`
+	// StateVersion is the version of the task state this input was built
+	// from (0 = fresh task).
+	StateVersion int64 `json:"state_version"`
+}
+
+// Recent is one decided action in a task's recent window.
+type Recent struct {
+	Kind     string `json:"kind"`
+	Name     string `json:"name"`
+	Host     string `json:"host"`     // action.target.host ("" if none)
+	Decision string `json:"decision"` // permit | deny | require_approval
 }
 
 // Canonical returns the RFC 8785 (JCS) form of v's JSON encoding.
@@ -142,6 +170,9 @@ func HashArgs(args []string) (string, error) { return CanonicalHash(nonNil(args)
 
 // Normalize fills defaults so that the JSON form has no nulls where lists are
 // expected: an absent list and an empty list must digest and evaluate alike.
+// It sorts and deduplicates the task's labels, and refuses a task.recent
+// longer than MaxRecent and a task.usage value that is negative or not
+// finite. It replaces, never mutates, the slices and maps it changes.
 func (a *Action) Normalize() error {
 	if a.V == "" {
 		a.V = Version
@@ -151,8 +182,8 @@ func (a *Action) Normalize() error {
 	}
 	a.Action.Args = nonNil(a.Action.Args)
 	a.Action.Target = a.Action.Target.normal()
-	if a.Task.Labels == nil {
-		a.Task.Labels = []string{}
+	if err := a.Task.normalize(); err != nil {
+		return err
 	}
 	if a.Env == nil {
 		a.Env = map[string]string{}
@@ -163,6 +194,51 @@ func (a *Action) Normalize() error {
 	}
 	a.Action.ArgsHash = h
 	return nil
+}
+
+// normalize sorts and deduplicates the labels (copying them first, so a
+// caller's slice is never reordered), fills nil lists and maps with empty
+// ones, and refuses a recent window longer than MaxRecent and a usage that
+// is negative or not finite.
+func (t *Task) normalize() error {
+	switch {
+	case t.Labels == nil:
+		t.Labels = []string{}
+	case !isSortedSet(t.Labels):
+		l := slices.Clone(t.Labels)
+		slices.Sort(l)
+		t.Labels = slices.Compact(l)
+	}
+	if len(t.Recent) > MaxRecent {
+		return fmt.Errorf("action: task.recent has %d entries, more than %d", len(t.Recent), MaxRecent)
+	}
+	if t.Recent == nil {
+		t.Recent = []Recent{}
+	}
+	if t.Usage == nil {
+		t.Usage = map[string]float64{}
+	}
+	var bad []string
+	for slot, v := range t.Usage {
+		if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
+			bad = append(bad, slot)
+		}
+	}
+	if len(bad) > 0 {
+		slices.Sort(bad) // the error names the same slot whatever the map order
+		return fmt.Errorf("action: task.usage[%q] = %v is not a finite non-negative number", bad[0], t.Usage[bad[0]])
+	}
+	return nil
+}
+
+// isSortedSet reports whether l is strictly increasing.
+func isSortedSet(l []string) bool {
+	for i := 1; i < len(l); i++ {
+		if l[i-1] >= l[i] {
+			return false
+		}
+	}
+	return true
 }
 
 func (t Target) normal() Target {

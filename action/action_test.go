@@ -1,6 +1,7 @@
 package action
 
 import (
+	"math"
 	"reflect"
 	"strings"
 	"testing"
@@ -235,8 +236,11 @@ func TestAppendCanonicalMatchesJCS(t *testing.T) {
 		Principal: Principal{ID: "spiffe://etb.local/agent/a", Attestation: "x509-svid", UID: 1000, User: "dev", Exe: "/usr/bin/bash", ExeSHA256: "sha256:aa", OnBehalfOf: "alice"},
 		Action: Spec{Kind: KindShellExec, Name: "ls", Args: []string{"-l", `a"b\\c`}, ArgsHash: "sha256:bb",
 			Target: Target{Program: "/usr/bin/ls", ProgramSHA256: "sha256:cc", Argv: []string{"ls", "-l"}, Cwd: "/tmp", Paths: []string{"/a"}, Host: "h", Port: 443}},
-		Task: Task{ID: "t", RootID: "r", ParentID: "p", Step: 7, Labels: []string{"x", "y"}},
-		Env:  map[string]string{"b": "2", "a": "1"}}
+		Task: Task{ID: "t", RootID: "r", ParentID: "p", Step: 7, Labels: []string{"x", "y"},
+			Recent:       []Recent{{Kind: KindHTTP, Name: "GET", Host: "example.com", Decision: "deny"}, {Kind: KindShellExec, Name: "cat", Decision: "permit"}},
+			Usage:        map[string]float64{"shell/spiffe://a": 3, "budget/x": 0.1, "big/y": 1e21, "small/z": 1.5e-7, "neg/zero": math.Copysign(0, -1)},
+			StateVersion: 42},
+		Env: map[string]string{"b": "2", "a": "1"}}
 	for name, a := range map[string]Action{"full": full, "zero": {}, "normalised": func() Action { a := Action{}; a.Normalize(); return a }()} {
 		want, err := Canonical(&a)
 		if err != nil {
@@ -252,6 +256,11 @@ func TestAppendCanonicalMatchesJCS(t *testing.T) {
 		"non-ASCII":   func(a *Action) { a.Action.Args = []string{"é"} },
 		"control":     func(a *Action) { a.ID = "a\nb" },
 		"huge number": func(a *Action) { a.Task.Step = 1 << 60 },
+		"huge state":  func(a *Action) { a.Task.StateVersion = -(1 << 60) },
+		"recent":      func(a *Action) { a.Task.Recent = []Recent{{Host: "\x7f"}} },
+		"usage key":   func(a *Action) { a.Task.Usage = map[string]float64{"é": 1} },
+		"usage NaN":   func(a *Action) { a.Task.Usage = map[string]float64{"a": math.NaN()} },
+		"usage Inf":   func(a *Action) { a.Task.Usage = map[string]float64{"a": math.Inf(1)} },
 	} {
 		a := full
 		mutate(&a)
@@ -266,6 +275,9 @@ func TestAppendCanonicalMatchesJCS(t *testing.T) {
 func TestAppendCanonicalCoversEveryField(t *testing.T) {
 	var count func(reflect.Type) int
 	count = func(tp reflect.Type) int {
+		if tp.Kind() == reflect.Slice && tp.Elem().Kind() == reflect.Struct {
+			return count(tp.Elem())
+		}
 		if tp.Kind() != reflect.Struct {
 			return 1
 		}
@@ -275,7 +287,79 @@ func TestAppendCanonicalCoversEveryField(t *testing.T) {
 		}
 		return n
 	}
-	if n := count(reflect.TypeOf(Action{})); n != 27 {
+	if n := count(reflect.TypeOf(Action{})); n != 33 {
 		t.Fatalf("Action has %d leaf fields; update AppendCanonical (and this count)", n)
+	}
+}
+
+func TestNormalizeTask(t *testing.T) {
+	full := func() []Recent { return make([]Recent, MaxRecent) }
+	tests := []struct {
+		name    string
+		task    Task
+		want    Task
+		wantErr string
+	}{
+		{name: "nil fills empty", task: Task{},
+			want: Task{Labels: []string{}, Recent: []Recent{}, Usage: map[string]float64{}}},
+		{name: "labels sorted and deduplicated", task: Task{Labels: []string{"b", "a", "b", "c", "a"}},
+			want: Task{Labels: []string{"a", "b", "c"}, Recent: []Recent{}, Usage: map[string]float64{}}},
+		{name: "full window", task: Task{Recent: full(), Usage: map[string]float64{"l/k": 2.5}},
+			want: Task{Labels: []string{}, Recent: full(), Usage: map[string]float64{"l/k": 2.5}}},
+		{name: "window too long", task: Task{Recent: make([]Recent, MaxRecent+1)}, wantErr: "17 entries"},
+		{name: "negative usage", task: Task{Usage: map[string]float64{"l/k": -1}}, wantErr: `task.usage["l/k"]`},
+		{name: "NaN usage", task: Task{Usage: map[string]float64{"l/k": math.NaN()}}, wantErr: "NaN"},
+		{name: "infinite usage", task: Task{Usage: map[string]float64{"l/k": math.Inf(1)}}, wantErr: "+Inf"},
+		{name: "first bad slot is named", task: Task{Usage: map[string]float64{"z": -1, "b": -2, "a": 1, "c": math.NaN()}}, wantErr: `task.usage["b"] = -2`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := Action{Action: Spec{Kind: KindShellExec}, Task: tt.task}
+			err := a.Normalize()
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("Normalize: error %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(a.Task, tt.want) {
+				t.Fatalf("task %+v, want %+v", a.Task, tt.want)
+			}
+		})
+	}
+	// Normalize never reorders the caller's slice.
+	labels := []string{"z", "a"}
+	a := Action{Task: Task{Labels: labels}}
+	if err := a.Normalize(); err != nil {
+		t.Fatal(err)
+	}
+	if labels[0] != "z" {
+		t.Fatalf("Normalize reordered the caller's labels: %v", labels)
+	}
+}
+
+// Task state is part of the input, not of what a grant is bound to.
+func TestDigestIgnoresTaskState(t *testing.T) {
+	a := Action{Action: Spec{Kind: KindShellExec, Name: "ls"}}
+	b := a
+	b.Task = Task{Labels: []string{"secret_read"}, Recent: []Recent{{Kind: KindHTTP}}, Usage: map[string]float64{"x/y": 1}, StateVersion: 9}
+	da, err := a.Action.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := b.Action.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if da != db {
+		t.Fatalf("task state changed the action digest: %s != %s", da, db)
+	}
+	ha, _ := CanonicalHash(&a)
+	hb, _ := CanonicalHash(&b)
+	if ha == hb {
+		t.Fatal("task state is not covered by the canonical input")
 	}
 }

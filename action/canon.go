@@ -3,6 +3,8 @@ package action
 import (
 	"slices"
 	"strconv"
+
+	"github.com/gowebpki/jcs"
 )
 
 // maxExactInt is 2^53: every integer of smaller magnitude is exact as a
@@ -11,12 +13,12 @@ const maxExactInt = 1 << 53
 
 // AppendCanonical appends the RFC 8785 form of a to b, written directly
 // (the generic path, encoding/json and a JCS transform, costs several times
-// more). It reports
-// false, leaving the caller to use the generic encoder, when a holds
+// more). It reports false, leaving the caller to use Canonical, when a holds
 // anything outside the simple case: a string with a byte outside printable
-// ASCII, or an integer not exactly representable as a float64. Callers then
-// use Canonical. TestAppendCanonicalMatchesJCS checks the two agree. Keys are written in
-// sorted order, which RFC 8785 requires.
+// ASCII, an integer not exactly representable as a float64, or a usage value
+// that is not finite (which Canonical refuses too). Keys are written in
+// sorted order and usage values in the ES6 number form (jcs.NumberToJSON),
+// as RFC 8785 requires. TestAppendCanonicalMatchesJCS checks the two agree.
 func AppendCanonical(b []byte, a *Action) ([]byte, bool) {
 	ok := true
 	str := func(s string) {
@@ -115,10 +117,58 @@ func AppendCanonical(b []byte, a *Action) ([]byte, bool) {
 	list(tk.Labels)
 	key(`,"parent_id":`)
 	str(tk.ParentID)
+	key(`,"recent":`)
+	if tk.Recent == nil {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, '[')
+		for i := range tk.Recent {
+			r := &tk.Recent[i]
+			if i > 0 {
+				b = append(b, ',')
+			}
+			key(`{"decision":`)
+			str(r.Decision)
+			key(`,"host":`)
+			str(r.Host)
+			key(`,"kind":`)
+			str(r.Kind)
+			key(`,"name":`)
+			str(r.Name)
+			b = append(b, '}')
+		}
+		b = append(b, ']')
+	}
 	key(`,"root_id":`)
 	str(tk.RootID)
+	key(`,"state_version":`)
+	num(tk.StateVersion)
 	key(`,"step":`)
 	num(tk.Step)
+	key(`,"usage":`)
+	if tk.Usage == nil {
+		b = append(b, "null"...)
+	} else {
+		keys := make([]string, 0, len(tk.Usage))
+		for k := range tk.Usage {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		b = append(b, '{')
+		for i, k := range keys {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			str(k)
+			b = append(b, ':')
+			n, err := jcs.NumberToJSON(tk.Usage[k])
+			if err != nil {
+				ok = false
+			}
+			b = append(b, n...)
+		}
+		b = append(b, '}')
+	}
 	key(`},"time":`)
 	str(a.Time)
 	key(`,"v":`)

@@ -191,6 +191,11 @@ func (c *Client) do(ctx context.Context, hc *http.Client, method, path string, i
 type Task struct {
 	ID       string `json:"id"`
 	ParentID string `json:"parent_id"`
+	// Delegation is the delegation grant a sub-agent acts under (see
+	// Client.Delegate): the action must be within its scope and runs in
+	// its task (ID empty) or a task directly below it (ParentID = its
+	// task).
+	Delegation string `json:"-"`
 }
 
 // Lease is how long an execution may run without renewal.
@@ -214,6 +219,10 @@ type Authorization struct {
 	Lease *Lease `json:"lease,omitempty"`
 	// Approval is the ticket of a require_approval decision.
 	Approval *Approval `json:"approval,omitempty"`
+	// Task is the task the action was placed in; DelegatedTask, for a
+	// permitted delegation, the sub-agent's task.
+	Task          string `json:"task,omitempty"`
+	DelegatedTask string `json:"delegated_task,omitempty"`
 }
 
 // Approval is an approval ticket.
@@ -251,10 +260,11 @@ func (c *Client) Decide(ctx context.Context, spec action.Spec, task Task) (*Auth
 // approved in time, or the ticket's status (pending, rejected, expired).
 func (c *Client) DecideWait(ctx context.Context, spec action.Spec, task Task, wait time.Duration) (*Authorization, error) {
 	in := struct {
-		Action action.Spec `json:"action"`
-		Task   Task        `json:"task"`
-		WaitMS int64       `json:"wait_ms,omitempty"`
-	}{spec, task, wait.Milliseconds()}
+		Action     action.Spec `json:"action"`
+		Task       Task        `json:"task"`
+		WaitMS     int64       `json:"wait_ms,omitempty"`
+		Delegation string      `json:"delegation,omitempty"`
+	}{spec, task, wait.Milliseconds(), task.Delegation}
 	var out Authorization
 	hc := c.hc
 	if wait > 0 {
@@ -354,6 +364,7 @@ func (c *Client) decide(ctx context.Context, id, verb, comment string) (*Approva
 // RevokeRequest names what to revoke: exactly one field.
 type RevokeRequest struct {
 	Execution string `json:"execution,omitempty"`
+	Grant     string `json:"grant,omitempty"`
 	Task      string `json:"task,omitempty"`
 	Agent     string `json:"agent,omitempty"`
 	All       bool   `json:"all,omitempty"`

@@ -14,6 +14,7 @@ import (
 	"github.com/etbproject/etb/identity"
 	"github.com/etbproject/etb/lineage"
 	"github.com/etbproject/etb/policy"
+	"github.com/etbproject/etb/telemetry"
 )
 
 // Exit statuses of a governed command that did not exit on its own.
@@ -31,9 +32,13 @@ type ExecRequest struct {
 	Task   string
 	Parent string
 	Env    []string
-	Stdin  io.Reader
-	Stdout io.Writer
-	Stderr io.Writer
+	// Traceparent is the caller's W3C trace context (`etb run` reads
+	// $TRACEPARENT): recorded in the action's env and the parent of the
+	// execution's span. An invalid value is ignored.
+	Traceparent string
+	Stdin       io.Reader
+	Stdout      io.Writer
+	Stderr      io.Writer
 }
 
 // ExecResult is how a governed command ended.
@@ -68,6 +73,9 @@ func (g *Gateway) Exec(ctx context.Context, req ExecRequest) (*ExecResult, error
 		Action:    spec,
 		Task:      action.Task{ID: req.Task, ParentID: req.Parent},
 		Env:       map[string]string{"mode": "embedded", "host": host},
+	}
+	if _, err := telemetry.ParseTraceparent(req.Traceparent); err == nil {
+		a.Env[telemetry.EnvTraceparent] = req.Traceparent
 	}
 	ex, err := g.Begin(ctx, a)
 	if err != nil {

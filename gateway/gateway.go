@@ -33,6 +33,7 @@ import (
 	"github.com/etbproject/etb/ledger"
 	"github.com/etbproject/etb/lineage"
 	"github.com/etbproject/etb/policy"
+	"github.com/etbproject/etb/telemetry"
 )
 
 // Gateway holds the open home: policy, signing keys, ledger and indexes.
@@ -50,6 +51,11 @@ type Gateway struct {
 	featureOnce sync.Once
 	featureSet  sandbox.Features
 	now         func() time.Time
+	// taskLocks serialise the decisions of each task, limitMu the use of
+	// limit slots (see task.go).
+	taskLocks keyedLocks
+	limitMu   sync.Mutex
+	tracer    *telemetry.Tracer
 }
 
 // Options adjust Open. The zero value is the embedded default.
@@ -58,6 +64,9 @@ type Options struct {
 	PolicyPath string
 	// Now overrides the clock (tests).
 	Now func() time.Time
+	// Tracer, if set, gets one span per execution (telemetry); the caller
+	// owns it and shuts it down after Close.
+	Tracer *telemetry.Tracer
 }
 
 // Open opens (and on first use initialises) the home at dir.
@@ -94,12 +103,18 @@ func Open(ctx context.Context, dir string, opt Options) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &Gateway{home: h, cfg: cfg, db: db, now: now,
+	g := &Gateway{home: h, cfg: cfg, db: db, now: now, tracer: opt.Tracer,
 		grantPub: grantKey.Public().(ed25519.PublicKey), logPub: logKey.Public().(ed25519.PublicKey)}
 	g.policy.Store(pol)
 	fail := func(err error) (*Gateway, error) { g.Close(); return nil, err }
 	if err := g.createIndex(ctx); err != nil {
 		return fail(err)
+	}
+	if err := g.createTaskTables(ctx); err != nil {
+		return fail(err)
+	}
+	if _, err := g.db.ExecContext(ctx, delegationSchema); err != nil {
+		return fail(fmt.Errorf("gateway: create delegation tables: %w", err))
 	}
 	if err := g.rememberPolicy(ctx, pol); err != nil {
 		return fail(err)
@@ -202,41 +217,130 @@ type Execution struct {
 	// record events concurrently.
 	mu    sync.Mutex
 	chain *lineage.Chain
+	// task is the state Begin decided on, until the decision is durable;
+	// started is set once a start event is.
+	task    *taskState
+	started bool
+	// lineage is what revocations of its ancestors reach it by.
+	lineage lineageRefs
+	// span is the execution's trace span (nil-safe), ended with its
+	// terminal event.
+	span *telemetry.Span
 }
+
+// Traceparent is the W3C traceparent of the execution's span, to
+// propagate to what the execution calls ("" when there is none).
+func (ex *Execution) Traceparent() string { return ex.span.Traceparent() }
 
 // Begin runs phases 1–3: it records the intent, evaluates the policy,
 // issues a grant for a permit, and makes all of it durable in one ledger
 // batch. The returned execution carries the decision; a non-permit decision
 // is not an error. An error means nothing was authorized and nothing may run.
 func (g *Gateway) Begin(ctx context.Context, a *action.Action) (*Execution, error) {
-	return g.begin(ctx, a, "")
+	return g.begin(ctx, a, beginOptions{})
 }
 
-// begin is Begin; a non-empty holder (the x5t#S256 of the caller's
-// certificate) binds the grant to it (claim cnf).
-func (g *Gateway) begin(ctx context.Context, a *action.Action, holder string) (*Execution, error) {
+// beginOptions are what the service adds to an intent: the holder (the
+// x5t#S256 of the caller's certificate) a grant is bound to (claim cnf),
+// and the delegation grant the caller acts under.
+type beginOptions struct {
+	holder     string
+	delegation *delegation
+}
+
+// begin is Begin with the service's options.
+func (g *Gateway) begin(ctx context.Context, a *action.Action, opt beginOptions) (*Execution, error) {
 	in := *a
-	if err := in.Normalize(); err != nil {
-		return nil, err
-	}
 	if in.ID == "" {
 		in.ID = NewID()
 	}
 	if in.Time == "" {
 		in.Time = action.FormatTime(g.now())
 	}
+	if opt.delegation != nil {
+		// A sub-agent acts in the task its delegation created, or in a
+		// task below it; never elsewhere.
+		if err := opt.delegation.placeTask(&in.Task); err != nil {
+			return nil, err
+		}
+	}
 	if in.Task.ID == "" {
 		in.Task.ID = in.ID
+		if in.Action.Kind == KindDelegate {
+			// The delegation's own id names the sub-agent's task, below
+			// this one.
+			in.Task.ID = NewID()
+		}
 	}
-	if in.Task.RootID == "" {
-		in.Task.RootID = in.Task.ID
+	if d := opt.delegation; d != nil && in.Action.Kind != KindDelegate {
+		// Whatever the policy would say, nothing outside the delegation's
+		// scope is even considered: it could otherwise be approved later.
+		if err := grant.CheckActionInScope(d.claims, in.Action); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrOutOfScope, err)
+		}
+	}
+	if d := opt.delegation; d != nil {
+		env := make(map[string]string, len(in.Env)+1)
+		for k, v := range in.Env {
+			env[k] = v
+		}
+		env[EnvDelegation] = d.claims.ID
+		in.Env = env
+	} else if _, ok := in.Env[EnvDelegation]; ok {
+		return nil, fmt.Errorf("gateway: env %q is the gateway's to set", EnvDelegation)
+	}
+	// Decisions of one task are serialised from reading its state to the
+	// durable append of the decision (see task.go).
+	unlockTask, st, err := g.lockTask(ctx, in.Task.ID, in.Task.ParentID)
+	if err != nil {
+		return nil, err
+	}
+	defer unlockTask()
+	// A task that belongs to a delegation (created by it, or below one it
+	// created) is acted in only under that delegation.
+	switch d := opt.delegation; {
+	case st.delegation == "" && d != nil:
+		return nil, fmt.Errorf("%w: task %s belongs to no delegation", ErrOutOfScope, st.id)
+	case st.delegation != "" && d == nil:
+		return nil, fmt.Errorf("%w: task %s belongs to delegation %s: present its grant", ErrOutOfScope, st.id, st.delegation)
+	case st.delegation != "" && d.claims.ID != st.delegation:
+		return nil, fmt.Errorf("%w: task %s belongs to delegation %s, not %s", ErrOutOfScope, st.id, st.delegation, d.claims.ID)
+	}
+	// The task's place and state come from the record, never from the
+	// agent.
+	in.Task.RootID, in.Task.ParentID = st.root, st.parent
+	in.Task.Labels, in.Task.Recent, in.Task.StateVersion = st.labels, st.recent, st.version
+	in.Task.Usage = map[string]float64{}
+	in.Task.Step = st.version
+	if err := in.Normalize(); err != nil {
+		return nil, err
 	}
 	digest, err := in.Action.Digest()
 	if err != nil {
 		return nil, err
 	}
-	ex := &Execution{g: g, ID: in.ID, Action: in, Digest: digest,
-		chain: lineage.NewChain(in.ID, in.Task.ID, in.Task.ParentID)}
+	pol := g.Policy()
+	slots, _ := pol.LimitSlots(ctx, &in)
+	if len(slots) > 0 {
+		// Limit slots are shared across tasks: one lock from reading their
+		// usage to the durable reservation.
+		g.limitMu.Lock()
+		defer g.limitMu.Unlock()
+		now := g.now()
+		for _, sl := range slots {
+			used, err := g.usage(ctx, sl.Slot, sl.Window, now)
+			if err != nil {
+				return nil, err
+			}
+			in.Task.Usage[sl.Slot] = used
+		}
+	}
+	_, span := g.tracer.StartExecution(ctx, in.Env[telemetry.EnvTraceparent], telemetry.AttrsFromAction(&in, digest))
+	ex := &Execution{g: g, ID: in.ID, Action: in, Digest: digest, task: st, span: span,
+		chain: lineage.NewChain(in.ID, in.Task.ID, in.Task.ParentID), lineage: lineageRefs{tasks: st.ancestors}}
+	if opt.delegation != nil {
+		ex.lineage.links = opt.delegation.chain
+	}
 
 	var entries [][]byte
 	var events []*lineage.Event
@@ -251,39 +355,48 @@ func (g *Gateway) begin(ctx context.Context, a *action.Action, holder string) (*
 	if err := add(lineage.TypeIntent, in.Principal.ID, lineage.IntentBody{Action: in, ActionDigest: digest}); err != nil {
 		return nil, err
 	}
-	ex.Decision = g.Policy().Evaluate(ctx, &in)
+	// If the limit slots could not be worked out (slotErr), Evaluate meets
+	// the same error on the same input and denies (etb.error): the
+	// verifier re-derives exactly that.
+	ex.Decision = pol.Evaluate(ctx, &in)
+	span.Decision(ex.Decision)
 	if err := add(lineage.TypeDecision, g.cfg.Issuer, ex.Decision); err != nil {
 		return nil, err
 	}
 	if ex.Decision.Decision == policy.Permit {
-		var cnf *grant.Confirmation
-		if holder != "" {
-			cnf = &grant.Confirmation{X5tS256: holder}
+		claims, refusal := g.grantClaims(&in, digest, ex.Decision, opt)
+		if refusal == nil {
+			var token string
+			token, claims, refusal = g.issueChecked(claims, opt.delegation)
+			if refusal == nil {
+				ex.Token, ex.Claims = token, &claims
+			}
 		}
-		token, claims, err := g.issuer.Issue(grant.Claims{
-			Subject: in.Principal.ID, Audience: g.cfg.Enforcer, Txn: in.Task.RootID,
-			ADG: digest, Pol: ex.Decision.Policy.BundleHash, Obl: ex.Decision.Obligations, Execution: in.ID,
-			Cnf: cnf,
-		})
-		if err != nil {
+		if refusal != nil {
 			// The permit stands in the record, but without a grant nothing
 			// can run: record why and refuse.
-			err = fmt.Errorf("gateway: issue grant: %w", err)
+			err = fmt.Errorf("gateway: issue grant: %w", refusal)
+			span.End("interrupted: grant_failed", err)
 			if aerr := add(lineage.TypeInterrupt, g.cfg.Issuer, lineage.InterruptBody{Reason: "grant_failed", Detail: err.Error()}); aerr == nil {
 				g.append(ctx, ex, events, entries)
 			}
 			return nil, err
 		}
-		ex.Token, ex.Claims = token, &claims
+		span.Grant(ex.Claims.ID)
 		if err := add(lineage.TypeGrant, g.cfg.Issuer, lineage.GrantBody{
-			JTI: claims.ID, TokenSHA256: grant.TokenHash(token), ADG: claims.ADG, Pol: claims.Pol,
-			Aud: claims.Audience, Exp: claims.Expiry,
+			JTI: ex.Claims.ID, TokenSHA256: grant.TokenHash(ex.Token), ADG: ex.Claims.ADG, Pol: ex.Claims.Pol,
+			Aud: ex.Claims.Audience, Exp: ex.Claims.Expiry,
 		}); err != nil {
 			return nil, err
 		}
 	}
 	if err := g.append(ctx, ex, events, entries); err != nil {
+		span.End("ledger_failed", err)
 		return nil, err
+	}
+	ex.task = nil
+	if ex.Token == "" && ex.Decision.Decision != policy.RequireApproval {
+		span.End(ex.Decision.Decision, nil) // nothing will run
 	}
 	return ex, nil
 }
@@ -313,17 +426,59 @@ func (ex *Execution) Authorize(ctx context.Context, recomputedDigest string) err
 
 // append writes events durably to the ledger, and the index rows that find
 // them in the same transaction: one commit, one fsync, and the index can
-// never disagree with the ledger.
+// never disagree with the ledger. The task state the events change is
+// written in the same transaction (task.go).
 func (g *Gateway) append(ctx context.Context, ex *Execution, events []*lineage.Event, entries [][]byte) error {
+	for _, e := range events {
+		if ex.task == nil && endAddsLabels(ex, e) {
+			// A label change is a change of the task's state: it takes the
+			// task's lock, so no decision of the task is made on the state
+			// from before it and appended after it.
+			unlock := g.taskLocks.lock(ex.Action.Task.ID)
+			defer unlock()
+			break
+		}
+	}
+	when := g.now()
+	started := ex.started
 	_, err := g.log.AppendWith(ctx, func(ctx context.Context, tx ledger.AppendTx, first uint64) error {
 		x, ok := tx.(ledger.SQLExecer)
 		if !ok {
 			return errors.New("gateway: the ledger's storage cannot hold the index")
 		}
-		return g.writeIndex(ctx, x, ex, events, first)
+		if err := g.writeIndex(ctx, x, ex, events, first); err != nil {
+			return err
+		}
+		for _, e := range events {
+			switch e.Type {
+			case lineage.TypeDecision:
+				if ex.task != nil {
+					if err := writeTaskDecision(ctx, x, ex, ex.task, when); err != nil {
+						return err
+					}
+				}
+			case lineage.TypeGrant:
+				if err := writeGrantLinks(ctx, x, ex); err != nil {
+					return err
+				}
+			case lineage.TypeEnd, lineage.TypeInterrupt:
+				if err := writeTaskOutcome(ctx, x, ex, e, started); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
 	}, entries...)
 	if err != nil {
 		return fmt.Errorf("gateway: ledger append for execution %s: %w", ex.ID, err)
+	}
+	for _, e := range events {
+		switch e.Type {
+		case lineage.TypeStart:
+			ex.started = true
+		case lineage.TypeEnd, lineage.TypeInterrupt:
+			ex.span.End(outcomeOf(e), nil)
+		}
 	}
 	return nil
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/etbproject/etb/identity"
 	"github.com/etbproject/etb/lineage"
 	"github.com/etbproject/etb/policy"
+	"github.com/etbproject/etb/telemetry"
 )
 
 // DefaultLeaseTTL is how long a lease lasts when ServiceOptions.LeaseTTL
@@ -146,10 +147,13 @@ func (s *Service) table() []route {
 	runners := []string{identity.ClassAgent, identity.ClassEnforcer}
 	return []route{
 		{"POST /v1/intents", runners, s.handleIntent},
+		{"POST /v1/delegations", runners, s.handleDelegation},
 		{"POST /v1/executions/{id}/events", runners, s.handleEvent},
 		{"POST /v1/executions/{id}/lease", runners, s.handleLease},
 		{"GET /v1/executions/{id}/watch", runners, s.handleWatch},
 		{"GET /v1/executions/{id}/evidence", nil, s.handleEvidence},
+		{"GET /v1/tasks/{id}/evidence", nil, s.handleTaskEvidence},
+		{"GET /v1/tasks/{id}/tree", nil, s.handleTaskTree},
 		{"GET /v1/trust", nil, s.handleTrust},
 		{"POST /v1/revoke", []string{identity.ClassAdmin}, s.handleRevoke},
 		{"GET /v1/approvals", []string{identity.ClassApprover, identity.ClassAdmin}, s.handleApprovalList},
@@ -281,6 +285,10 @@ type IntentRequest struct {
 	// WaitMS, for a require_approval decision, is how long to wait for a
 	// human's decision before answering (at most 5 minutes).
 	WaitMS int64 `json:"wait_ms,omitempty"`
+	// Delegation is the delegation grant (compact JWS) a sub-agent acts
+	// under: the action must be within its scope, runs in its task, and
+	// the grant issued is its child.
+	Delegation string `json:"delegation,omitempty"`
 }
 
 // Lease is the time an execution may keep running without renewal.
@@ -301,29 +309,63 @@ type IntentResponse struct {
 	Lease *Lease `json:"lease,omitempty"`
 	// Approval is the ticket of a require_approval decision.
 	Approval *Approval `json:"approval,omitempty"`
+	// Task is the task the action was placed in.
+	Task string `json:"task"`
+	// DelegatedTask, for a permitted delegation, is the sub-agent's task.
+	DelegatedTask string `json:"delegated_task,omitempty"`
+	// Traceparent is the W3C traceparent of the execution's span, when
+	// the gateway traces: what the execution calls may continue the trace.
+	Traceparent string `json:"traceparent,omitempty"`
 }
 
 func (s *Service) handleIntent(w http.ResponseWriter, r *http.Request, c *caller) {
-	arrived := time.Now()
-	if stale := s.maybeSweep(); len(stale) > 0 {
-		go s.closeStale(context.WithoutCancel(r.Context()), stale)
-	}
 	var req IntentRequest
 	if err := readJSON(r, &req); err != nil {
 		writeError(w, http.StatusBadRequest, "bad_request", err)
-		return
-	}
-	if req.WaitMS < 0 {
-		writeError(w, http.StatusBadRequest, "bad_request", fmt.Errorf("wait_ms %d is negative", req.WaitMS))
 		return
 	}
 	if req.Action.Kind == "" || req.Action.Name == "" {
 		writeError(w, http.StatusBadRequest, "bad_request", errors.New("action.kind and action.name are required"))
 		return
 	}
+	s.decideIntent(w, r, c, req)
+}
+
+// decideIntent runs an intent (or a delegation request, which is an intent of
+// kind agent.delegate) through the pipeline and answers it.
+func (s *Service) decideIntent(w http.ResponseWriter, r *http.Request, c *caller, req IntentRequest) {
+	arrived := time.Now()
+	if stale := s.maybeSweep(); len(stale) > 0 {
+		go s.closeStale(context.WithoutCancel(r.Context()), stale)
+	}
+	if req.WaitMS < 0 {
+		writeError(w, http.StatusBadRequest, "bad_request", fmt.Errorf("wait_ms %d is negative", req.WaitMS))
+		return
+	}
+	opt := beginOptions{holder: c.holder}
+	if req.Delegation != "" {
+		d, err := s.g.verifyDelegation(r.Context(), req.Delegation, c.principal.ID)
+		if err != nil {
+			writeError(w, http.StatusForbidden, "delegation_invalid", err)
+			return
+		}
+		if rv, err := s.delegationRevoked(r.Context(), d); err != nil {
+			writeError(w, http.StatusInternalServerError, "not_authorized", fmt.Errorf("nothing was authorized: %w", err))
+			return
+		} else if rv != "" {
+			writeError(w, http.StatusGone, "revoked", fmt.Errorf("delegation grant %s is revoked (revocation %s)", d.claims.ID, rv))
+			return
+		}
+		opt.delegation = d
+	}
 	env := map[string]string{"mode": "gateway"}
 	if s.opt.Host != "" {
 		env["host"] = s.opt.Host
+	}
+	if tp := r.Header.Get("traceparent"); tp != "" {
+		if _, err := telemetry.ParseTraceparent(tp); err == nil {
+			env[telemetry.EnvTraceparent] = tp
+		}
 	}
 	a := &action.Action{
 		Time:      action.FormatTime(s.now()),
@@ -332,13 +374,26 @@ func (s *Service) handleIntent(w http.ResponseWriter, r *http.Request, c *caller
 		Task:      action.Task{ID: req.Task.ID, ParentID: req.Task.ParentID},
 		Env:       env,
 	}
-	ex, err := s.g.begin(r.Context(), a, c.holder)
+	ex, err := s.g.begin(r.Context(), a, opt)
+	if errors.Is(err, ErrOutOfScope) {
+		writeError(w, http.StatusForbidden, "out_of_scope", fmt.Errorf("nothing was authorized: %w", err))
+		return
+	}
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "not_authorized", fmt.Errorf("nothing was authorized: %w", err))
 		return
 	}
 	s.metrics.decision(ex.Decision.Decision, ex.Decision.Rules, time.Since(arrived))
-	resp := IntentResponse{Execution: ex.ID, Principal: ex.Action.Principal, Digest: ex.Digest, Decision: ex.Decision}
+	resp := IntentResponse{Execution: ex.ID, Principal: ex.Action.Principal, Digest: ex.Digest, Decision: ex.Decision, Task: ex.Action.Task.ID,
+		Traceparent: ex.Traceparent()}
+	if ex.Token != "" && ex.Action.Action.Kind == KindDelegate {
+		// A delegation runs nothing: no lease to keep. Its grant is what
+		// the sub-agent presents; its task is where the sub-agent acts.
+		resp.Grant = ex.Token
+		resp.DelegatedTask = ex.ID
+		writeJSON(w, http.StatusOK, resp)
+		return
+	}
 	if ex.Token != "" {
 		le := s.register(r.Context(), ex, c.holder)
 		le.mu.Lock()

@@ -252,20 +252,27 @@ func (s *Service) decide(ctx context.Context, t *ticket, approve bool, approver,
 // exactly as Begin does for a permit. The caller holds le.mu.
 func (s *Service) grantApproved(ctx context.Context, le *liveExec, holder string) error {
 	ex := le.ex
-	var cnf *grant.Confirmation
-	if holder != "" {
-		cnf = &grant.Confirmation{X5tS256: holder}
-	}
-	token, claims, err := s.g.issuer.Issue(grant.Claims{
-		Subject: ex.Action.Principal.ID, Audience: s.g.cfg.Enforcer, Txn: ex.Action.Task.RootID,
-		ADG: ex.Digest, Pol: ex.Decision.Policy.BundleHash, Obl: ex.Decision.Obligations, Execution: ex.ID, Cnf: cnf,
-	})
-	if err != nil {
+	fail := func(err error) error {
 		err = fmt.Errorf("gateway: issue grant for approved %s: %w", ex.ID, err)
 		if _, rerr := s.recordAs(ctx, le, lineage.TypeInterrupt, s.g.cfg.Issuer, lineage.InterruptBody{Reason: "grant_failed", Detail: err.Error()}); rerr == nil {
 			le.terminal = "interrupted: grant_failed"
 		}
 		return err
+	}
+	// A sub-agent's approved action gets a child of its delegation, as a
+	// permit would.
+	parent, err := s.g.parentDelegation(ctx, ex)
+	if err != nil {
+		return fail(err)
+	}
+	opt := beginOptions{holder: holder, delegation: parent}
+	c, err := s.g.grantClaims(&ex.Action, ex.Digest, ex.Decision, opt)
+	if err != nil {
+		return fail(err)
+	}
+	token, claims, err := s.g.issueChecked(c, parent)
+	if err != nil {
+		return fail(err)
 	}
 	ex.Token, ex.Claims = token, &claims
 	if _, err := s.recordAs(ctx, le, lineage.TypeGrant, s.g.cfg.Issuer, lineage.GrantBody{JTI: claims.ID, TokenSHA256: grant.TokenHash(token),

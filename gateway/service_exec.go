@@ -259,7 +259,7 @@ func (s *Service) rebuild(ctx context.Context, le *liveExec, id string) error {
 				le.holder = c.Cnf.X5tS256
 			}
 		case lineage.TypeStart:
-			le.started = true
+			le.started, ex.started = true, true
 		case lineage.TypeRevocation:
 			var rb RevocationBody
 			if err := e.DecodeBody(&rb); err == nil {
@@ -276,6 +276,9 @@ func (s *Service) rebuild(ctx context.Context, le *liveExec, id string) error {
 	case ex.Decision.Decision == policy.RequireApproval:
 	default:
 		return fmt.Errorf("%w: %s was not permitted (decision %q)", errUnknownExecution, id, ex.Decision.Decision)
+	}
+	if ex.lineage, err = s.g.lineageOf(ctx, ex); err != nil {
+		return err
 	}
 	le.ex, le.principal = ex, intent.Action.Principal.ID
 	return nil

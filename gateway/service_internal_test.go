@@ -26,7 +26,7 @@ func TestSweepDropsStaleAndRebuildsFromLedger(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ex, err := g.begin(ctx, echoAction(t, "sweep"), "")
+	ex, err := g.begin(ctx, echoAction(t, "sweep"), beginOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

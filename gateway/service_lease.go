@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/etbproject/etb/action"
+	"github.com/etbproject/etb/grant"
 	"github.com/etbproject/etb/lineage"
 	"github.com/etbproject/etb/policy"
 )
@@ -36,8 +37,9 @@ CREATE TABLE IF NOT EXISTS etb_revocations(
 
 // recentRevocationWindow is how long a revocation request is remembered
 // in memory, to catch executions whose Begin was in flight when it was
-// made. It is longer than any Begin.
-const recentRevocationWindow = time.Minute
+// made, and to refuse sub-agents acting under a revoked delegation. It is
+// longer than any Begin and than any grant's lifetime.
+const recentRevocationWindow = grant.MaxLifetime + time.Minute
 
 // Revocation scopes.
 const (
@@ -45,14 +47,18 @@ const (
 	ScopeTask      = "task"
 	ScopeAgent     = "agent"
 	ScopeAll       = "all"
+	ScopeGrant     = "grant"
 )
 
 // RevokeRequest is the body of POST /v1/revoke: exactly one of its fields.
 type RevokeRequest struct {
 	Execution string `json:"execution,omitempty"`
-	Task      string `json:"task,omitempty"`
-	Agent     string `json:"agent,omitempty"`
-	All       bool   `json:"all,omitempty"`
+	// Grant is a grant id (jti): the grant and every grant delegated from
+	// it.
+	Grant string `json:"grant,omitempty"`
+	Task  string `json:"task,omitempty"`
+	Agent string `json:"agent,omitempty"`
+	All   bool   `json:"all,omitempty"`
 }
 
 // RevokeResponse is the answer to POST /v1/revoke, sent once every
@@ -72,20 +78,50 @@ type revocation struct {
 }
 
 // matches reports whether rv covers the execution ex, begun before it.
+// A revocation reaches every descendant: an execution in a task below the
+// revoked task, or whose grant descends from a delegation by the revoked
+// agent, from the revoked grant, or from the revoked (delegation)
+// execution.
 func (rv revocation) matches(ex *Execution) bool {
 	t, err := time.Parse(time.RFC3339Nano, ex.Action.Time)
 	if err == nil && t.After(rv.Time) {
 		return false
 	}
+	links := ex.lineage.links
 	switch rv.Scope {
 	case ScopeAll:
 		return true
 	case ScopeExecution:
-		return ex.ID == rv.Value
+		if ex.ID == rv.Value {
+			return true
+		}
+		for _, l := range links {
+			if l.Execution == rv.Value {
+				return true
+			}
+		}
 	case ScopeTask:
-		return ex.Action.Task.ID == rv.Value || ex.Action.Task.RootID == rv.Value
+		if ex.Action.Task.ID == rv.Value || ex.Action.Task.RootID == rv.Value || contains(ex.lineage.tasks, rv.Value) {
+			return true
+		}
 	case ScopeAgent:
-		return ex.Action.Principal.ID == rv.Value
+		if ex.Action.Principal.ID == rv.Value {
+			return true
+		}
+		for _, l := range links {
+			if l.Delegator == rv.Value {
+				return true
+			}
+		}
+	case ScopeGrant:
+		if ex.Claims != nil && ex.Claims.ID == rv.Value {
+			return true
+		}
+		for _, l := range links {
+			if l.JTI == rv.Value {
+				return true
+			}
+		}
 	}
 	return false
 }
@@ -130,17 +166,19 @@ func (s *Service) matchingRevocations(ex *Execution) []revocation {
 
 func (r RevokeRequest) scope() (scope, value string, err error) {
 	n := 0
-	for _, set := range []bool{r.Execution != "", r.Task != "", r.Agent != "", r.All} {
+	for _, set := range []bool{r.Execution != "", r.Grant != "", r.Task != "", r.Agent != "", r.All} {
 		if set {
 			n++
 		}
 	}
 	if n != 1 {
-		return "", "", fmt.Errorf("name exactly one of execution, task, agent or all; got %d", n)
+		return "", "", fmt.Errorf("name exactly one of execution, grant, task, agent or all; got %d", n)
 	}
 	switch {
 	case r.Execution != "":
 		return ScopeExecution, r.Execution, nil
+	case r.Grant != "":
+		return ScopeGrant, r.Grant, nil
 	case r.Task != "":
 		return ScopeTask, r.Task, nil
 	case r.Agent != "":
@@ -204,20 +242,13 @@ func (s *Service) Revoke(ctx context.Context, actor, scope, value string) (*Revo
 	}
 	s.mu.Unlock()
 
-	q := `SELECT id FROM etb_executions WHERE decision IN ('permit', 'require_approval') AND outcome IN ('', 'running')`
-	var args []any
-	switch scope {
-	case ScopeExecution:
-		q += ` AND id = ?`
-		args = append(args, value)
-	case ScopeTask:
-		q += ` AND task = ?`
-		args = append(args, value)
-	case ScopeAgent:
-		q += ` AND agent = ?`
-		args = append(args, value)
-	}
-	rows, err := s.g.db.QueryContext(ctx, q, args...)
+	// Every open execution is a candidate: a revocation reaches the
+	// descendants of what it names (tasks below, grants delegated), which
+	// matches decides from each execution's lineage. Delegations whose
+	// grants have expired can have no live descendants.
+	q := `SELECT id FROM etb_executions WHERE decision IN ('permit', 'require_approval') AND outcome IN ('', 'running')
+		AND NOT (kind = ? AND time < ?)`
+	rows, err := s.g.db.QueryContext(ctx, q, KindDelegate, action.FormatTime(rv.Time.Add(-grant.MaxLifetime-time.Minute)))
 	if err != nil {
 		return nil, fmt.Errorf("gateway: find executions to revoke: %w", err)
 	}
@@ -254,6 +285,11 @@ func (s *Service) Revoke(ctx context.Context, actor, scope, value string) (*Revo
 				return
 			}
 			err = s.revokeOne(ctx, le, rv)
+			if le.ex.Action.Action.Kind == KindDelegate {
+				// A delegation has no lease to sweep it: its revocation is
+				// recorded, the revocation list refuses its sub-agents.
+				s.forget(id)
+			}
 			mu.Lock()
 			defer mu.Unlock()
 			switch {

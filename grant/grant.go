@@ -3,8 +3,11 @@
 // digest, for a short time, once.
 //
 // The package owns the grant format, its claims and their validation, the
-// key identifiers of grant-signing keys, and the single-use (jti) replay
-// store. It must never accept a token whose header it has not checked
+// key identifiers of grant-signing keys, the single-use (jti) replay
+// store, and delegation: the scope a delegation grant carries (scope.go)
+// and the attenuation rules a child grant must satisfy against its parent
+// (CheckAttenuation, CheckActionInScope), which the gateway applies before
+// issuing and the verifier again on evidence. It must never accept a token whose header it has not checked
 // itself (typ, alg allow-list, kid) before touching the signature, never
 // consult the replay store before every other check has passed, and never
 // log or return a raw token: callers log TokenHash instead.
@@ -91,7 +94,8 @@ type Claims struct {
 	ADG       string             `json:"adg"`           // action digest, action.Spec.Digest()
 	Pol       string             `json:"pol"`           // policy bundle hash
 	Obl       action.Obligations `json:"obl"`
-	Depth     int                `json:"depth"`
+	Scp       *Scope             `json:"scp,omitempty"` // delegation grants: what the holder may request
+	Depth     int                `json:"depth"`         // remaining delegation depth; 0 for action grants
 	Execution string             `json:"exe"`           // etb execution id
 	Cnf       *Confirmation      `json:"cnf,omitempty"` // holder binding
 }
@@ -116,7 +120,9 @@ var digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 // other ErrClaims.
 //
 // Required: iss, sub, aud, iat, exp, jti, adg, pol, exe. Optional: txn, par
-// (if present, both its fields), cnf (if present, its thumbprint).
+// (if present, both its fields, hash a "sha256:" digest, and txn too), cnf
+// (if present, its thumbprint), scp (if present, a valid Scope). depth is
+// never negative, and positive only on a delegation grant (with scp).
 func (c *Claims) Validate() error {
 	required := []struct{ name, value string }{
 		{"iss", c.Issuer}, {"sub", c.Subject}, {"aud", c.Audience},
@@ -151,8 +157,23 @@ func (c *Claims) Validate() error {
 	if c.Depth < 0 {
 		return fmt.Errorf("%w: depth %d is negative", ErrClaims, c.Depth)
 	}
-	if c.Par != nil && (c.Par.JTI == "" || c.Par.Hash == "") {
-		return fmt.Errorf("%w: par must name both the parent jti and hash, got jti %q hash %q", ErrClaims, c.Par.JTI, c.Par.Hash)
+	if c.Depth > 0 && c.Scp == nil {
+		return fmt.Errorf("%w: depth %d without scp: only a delegation grant can delegate", ErrClaims, c.Depth)
+	}
+	if c.Scp != nil {
+		if err := c.Scp.Validate(); err != nil {
+			return fmt.Errorf("%w: scp: %w", ErrClaims, err)
+		}
+	}
+	if c.Par != nil {
+		switch {
+		case c.Par.JTI == "" || len(c.Par.JTI) > maxJTIBytes:
+			return fmt.Errorf("%w: par.jti %q is empty or over %d bytes", ErrClaims, c.Par.JTI, maxJTIBytes)
+		case !digestRE.MatchString(c.Par.Hash):
+			return fmt.Errorf("%w: par.hash %q is not sha256:<64 lower-case hex>", ErrClaims, c.Par.Hash)
+		case c.Txn == "":
+			return fmt.Errorf("%w: par without txn: a child grant names its root task", ErrClaims)
+		}
 	}
 	if c.Cnf != nil && c.Cnf.X5tS256 == "" {
 		return fmt.Errorf("%w: cnf is present without x5t#S256", ErrClaims)
@@ -206,7 +227,8 @@ func (i *Issuer) KeyID() string { return i.kid }
 // now, and fills nbf (= iat) if zero, exp (= iat + ttl, at least one second)
 // if zero, and jti (128 random bits, hex) if empty. The claims are then
 // validated as a verifier would (Claims.Validate); an invalid claim set is
-// not signed. It returns the compact token and the claims it carries.
+// not signed. par, scp and depth are signed as given: attenuation against
+// the parent is the caller's to check (CheckAttenuation). It returns the compact token and the claims it carries.
 func (i *Issuer) Issue(c Claims) (token string, claims Claims, err error) {
 	if len(i.key) != ed25519.PrivateKeySize {
 		return "", Claims{}, fmt.Errorf("grant: issue: signing key is %d bytes, want an Ed25519 private key of %d", len(i.key), ed25519.PrivateKeySize)

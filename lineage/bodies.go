@@ -38,6 +38,10 @@ type EndBody struct {
 	StdoutBytes  int64  `json:"stdout_bytes"`
 	StderrSHA256 string `json:"stderr_sha256"`
 	StderrBytes  int64  `json:"stderr_bytes"`
+	// Cost, if the enforcer reports it, is the action's actual cost: it
+	// settles the reservations the decision made on its limit slots
+	// (otherwise the reserved cost stands).
+	Cost *float64 `json:"cost,omitempty"`
 }
 
 // InterruptBody is the body of an interrupt event: why governed execution

@@ -90,3 +90,25 @@ func BenchmarkLoadDefault(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkEvaluateFlow: a permit under a window rule, a label rule and a
+// limit, with a full recent window and usage.
+func BenchmarkEvaluateFlow(b *testing.B) {
+	bundle, err := Load([]byte(flowPolicy))
+	if err != nil {
+		b.Fatal(err)
+	}
+	in := shellAction("ls", "/usr/bin/ls", "-l")
+	for range action.MaxRecent {
+		in.Task.Recent = append(in.Task.Recent, action.Recent{Kind: action.KindShellExec, Name: "ls", Decision: Permit})
+	}
+	in.Task.Labels = []string{"fs_read", "secret_read"}
+	in.Task.Usage = map[string]float64{"shell-per-agent/" + in.Principal.ID: 1}
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if d := bundle.Evaluate(ctx, in); d.Decision != Permit || len(d.Reservations) != 1 {
+			b.Fatalf("%+v", d)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"cel.dev/cel-go/common/types"
@@ -87,20 +88,11 @@ func (v activation) Parent() interpreter.Activation { return nil }
 
 // match reports whether r's when expression holds for a. Any failure,
 // including a panic inside CEL, is an error.
-func (r *rule) match(a activation, bounded bool) (ok bool, err error) {
+func (r *rule) match(a activation, bounded bool) (bool, error) {
 	if r.prg == nil {
 		return true, nil
 	}
-	prg := r.prg
-	if bounded && r.bounded != nil {
-		prg = r.bounded
-	}
-	defer func() {
-		if p := recover(); p != nil {
-			ok, err = false, fmt.Errorf("panic: %v", p)
-		}
-	}()
-	out, _, err := prg.Eval(a)
+	out, err := r.eval(a, bounded)
 	if err != nil {
 		return false, err
 	}
@@ -156,6 +148,7 @@ func (b *Bundle) eval(ctx context.Context, in *action.Action, trace bool) (d Dec
 		return errorDecision(d, []ruleError{{err: fmt.Errorf("input: %w", err)}}), traces
 	}
 	d.InputHash = h
+	d.StateVersion = a.Task.StateVersion
 
 	var buf [16]int
 	cands := b.candidates(buf[:0], a.Action.Kind, a.Action.Name)
@@ -214,33 +207,51 @@ func (b *Bundle) eval(ctx context.Context, in *action.Action, trace bool) (d Dec
 		d.Decision = Permit
 		b.cite(&d, permits)
 		d.Obligations = o
+		d.LabelsToAdd = b.labels(permits)
 	default:
 		d.Decision = Deny
 		d.Rules = append(d.Rules, RuleDefaultDeny)
 		d.Messages = append(d.Messages, "no rule permits this action")
 	}
+	if len(b.limits) > 0 && d.Decision != Deny {
+		d = b.applyLimits(d, act, bounded)
+	}
 	return d, traces
+}
+
+// citation is one rule or limit a decision cites.
+type citation struct{ id, message string }
+
+// cite returns the ids of cs sorted, and their messages in the same order.
+func cite(cs []citation) (ids, messages []string) {
+	slices.SortFunc(cs, func(x, y citation) int { return strings.Compare(x.id, y.id) })
+	ids, messages = make([]string, len(cs)), make([]string, len(cs))
+	for i, c := range cs {
+		ids[i], messages[i] = c.id, c.message
+	}
+	return ids, messages
 }
 
 // cite sets the decision's rules (sorted by id) and their messages.
 func (b *Bundle) cite(d *Decision, idx []int) {
-	rs := make([]*rule, len(idx))
+	cs := make([]citation, len(idx))
 	for j, i := range idx {
-		rs[j] = b.rules[i]
+		cs[j] = citation{id: b.rules[i].id, message: b.rules[i].cited}
 	}
-	slices.SortFunc(rs, func(x, y *rule) int {
-		if x.id < y.id {
-			return -1
-		}
-		if x.id > y.id {
-			return 1
-		}
-		return 0
-	})
-	for _, r := range rs {
-		d.Rules = append(d.Rules, r.id)
-		d.Messages = append(d.Messages, r.cited)
+	d.Rules, d.Messages = cite(cs)
+}
+
+// labels returns the sorted union of the labels of the rules in idx.
+func (b *Bundle) labels(idx []int) []string {
+	var out []string
+	for _, i := range idx {
+		out = append(out, b.rules[i].labels...)
 	}
+	if out == nil {
+		return []string{}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // tighten returns the defaults tightened by the obligations of every rule
@@ -266,6 +277,8 @@ func errorDecision(d Decision, failed []ruleError) Decision {
 	d.Rules = []string{RuleError}
 	d.Messages = make([]string, 0, len(failed))
 	d.Obligations = action.Obligations{}
+	d.LabelsToAdd = []string{}
+	d.Reservations = nil
 	for _, f := range failed {
 		if f.id == "" {
 			d.Messages = append(d.Messages, fmt.Sprintf("evaluation failed: %v", f.err))
@@ -278,7 +291,7 @@ func errorDecision(d Decision, failed []ruleError) Decision {
 
 // withinBounds reports whether every list, map and string of the input is
 // within the sizes the load-time cost estimate assumed (MaxListSize
-// elements, MaxStringSize bytes — a string's CEL size in code points is at
+// elements, action.MaxRecent for task.recent, MaxStringSize bytes — a string's CEL size in code points is at
 // most its length in bytes). For such an input a rule's estimated
 // worst-case cost, already checked against the budget, bounds its real cost.
 func withinBounds(a *action.Action) bool {
@@ -292,6 +305,19 @@ func withinBounds(a *action.Action) bool {
 	}
 	list := func(l []string) bool { return len(l) <= MaxListSize && strs(l...) }
 	p, s, t := &a.Principal, &a.Action, &a.Task
+	if len(t.Recent) > action.MaxRecent || len(t.Usage) > MaxListSize {
+		return false
+	}
+	for i := range t.Recent {
+		if r := &t.Recent[i]; !strs(r.Kind, r.Name, r.Host, r.Decision) {
+			return false
+		}
+	}
+	for k := range t.Usage {
+		if !strs(k) {
+			return false
+		}
+	}
 	if !strs(a.V, a.ID, a.Time, p.ID, p.Attestation, p.User, p.Exe, p.ExeSHA256, p.OnBehalfOf,
 		s.Kind, s.Name, s.ArgsHash, s.Target.Program, s.Target.ProgramSHA256, s.Target.Cwd, s.Target.Host,
 		t.ID, t.RootID, t.ParentID) {

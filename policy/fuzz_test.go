@@ -35,6 +35,8 @@ func FuzzLoad(f *testing.F) {
 	f.Add([]byte(header + "rules:\n- &a {id: r1, effect: permit}\n- *a\n"))
 	f.Add([]byte("version: [\n"))
 	f.Add([]byte(header + "tests:\n- {name: x, input: {action: {kind: a}}, expect: {decision: deny}}\n"))
+	f.Add([]byte(flowPolicy))
+	f.Add([]byte(header + "rules:\n- {id: r, effect: permit, labels: [a]}\nlimits:\n- {id: l, key: 'principal.id', window: 1s, max: 1, cost: '2'}\n"))
 	f.Fuzz(func(t *testing.T, src []byte) {
 		b, err := Load(src)
 		if err != nil {
@@ -45,6 +47,11 @@ func FuzzLoad(f *testing.F) {
 			t.Fatalf("reload: %v, hash %v vs %s", err, again, b.Hash())
 		}
 		validDecision(t, b.Evaluate(context.Background(), shellAction("echo", "/usr/bin/echo", "x")))
+		if _, err := b.LimitSlots(context.Background(), shellAction("echo", "/usr/bin/echo", "x")); err != nil {
+			if d := b.Evaluate(context.Background(), shellAction("echo", "/usr/bin/echo", "x")); d.Decision == Permit {
+				t.Fatalf("LimitSlots failed (%v) but Evaluate permits", err)
+			}
+		}
 		for _, r := range b.RunTests(context.Background()) {
 			validDecision(t, r.Got)
 		}
@@ -74,6 +81,7 @@ func FuzzEvaluate(f *testing.F) {
 	}
 	f.Add([]byte(`{"action":{"kind":"shell.exec","name":"ls","target":{"program":"/bin/ls","port":9007199254740993}},"env":{"\u00e9":"x"}}`))
 	f.Add([]byte(`{"v":"etb.action/v1","action":{"kind":"shell.exec"}}`))
+	f.Add([]byte(`{"action":{"kind":"http.request","name":"GET","target":{"host":"x"}},"task":{"labels":["secret_read","a"],"recent":[{"kind":"fs.read","decision":"permit"}],"usage":{"l/k":1.5e300},"state_version":3}}`))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		a, err := action.Parse(raw)
 		if err != nil {
@@ -93,14 +101,18 @@ func FuzzEvaluate(f *testing.F) {
 
 // FuzzInputHash: the fast canonical encoder agrees with action.CanonicalHash.
 func FuzzInputHash(f *testing.F) {
-	f.Add("echo", "hello", "/usr/bin/echo", "HOME", "/root", int64(0), int64(1))
-	f.Add("é", "\x00\"\\", "\xff", "\u2028", "<&>", int64(1<<53), int64(-1<<53))
-	f.Add("a", "b", "c", "😀", "\uffff", int64(1<<62), int64(-3))
-	f.Fuzz(func(t *testing.T, name, arg, program, key, val string, uid, step int64) {
+	f.Add("echo", "hello", "/usr/bin/echo", "HOME", "/root", int64(0), int64(1), 1.5)
+	f.Add("é", "\x00\"\\", "\xff", "\u2028", "<&>", int64(1<<53), int64(-1<<53), 1e21)
+	f.Add("a", "b", "c", "😀", "\uffff", int64(1<<62), int64(-3), 5e-324)
+	f.Add("a", "b", "c", "d", "e", int64(7), int64(9), 0.1+0.2)
+	f.Fuzz(func(t *testing.T, name, arg, program, key, val string, uid, step int64, used float64) {
 		a := shellAction(name, program, arg, key)
 		a.Env = map[string]string{key: val, val: key}
 		a.Principal.UID, a.Task.Step, a.Action.Target.Port = uid, step, uid^step
 		a.Task.Labels = []string{val, name}
+		a.Task.Recent = []action.Recent{{Kind: name, Name: arg, Host: val, Decision: key}}
+		a.Task.Usage = map[string]float64{key: used, val: used * 3}
+		a.Task.StateVersion = step ^ uid
 		if err := a.Normalize(); err != nil {
 			return
 		}

@@ -30,12 +30,13 @@ var ruleIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*$`)
 // file is the YAML form of a policy. Unknown keys are rejected by checkKeys
 // before it is decoded.
 type file struct {
-	Version     string    `yaml:"version"`
-	Name        string    `yaml:"name"`
-	Description string    `yaml:"description"`
-	Defaults    defaults  `yaml:"defaults"`
-	Rules       []ruleDoc `yaml:"rules"`
-	Tests       []testDoc `yaml:"tests"`
+	Version     string     `yaml:"version"`
+	Name        string     `yaml:"name"`
+	Description string     `yaml:"description"`
+	Defaults    defaults   `yaml:"defaults"`
+	Rules       []ruleDoc  `yaml:"rules"`
+	Limits      []limitDoc `yaml:"limits"`
+	Tests       []testDoc  `yaml:"tests"`
 }
 
 type defaults struct {
@@ -50,6 +51,21 @@ type ruleDoc struct {
 	When        string             `yaml:"when"`
 	Message     string             `yaml:"message"`
 	Obligations action.Obligations `yaml:"obligations"`
+	Labels      []string           `yaml:"labels"`
+}
+
+// limitDoc is one entry of the limits: section.
+type limitDoc struct {
+	ID          string          `yaml:"id"`
+	Description string          `yaml:"description"`
+	Match       matchDoc        `yaml:"match"`
+	When        string          `yaml:"when"`
+	Key         string          `yaml:"key"`
+	Window      action.Duration `yaml:"window"`
+	Max         float64         `yaml:"max"`
+	Cost        string          `yaml:"cost"`
+	OnExceed    string          `yaml:"on_exceed"`
+	Message     string          `yaml:"message"`
 }
 
 type matchDoc struct {
@@ -67,6 +83,7 @@ type expectDoc struct {
 	Decision    string              `yaml:"decision"`
 	Rules       *[]string           `yaml:"rules"`
 	Obligations *action.Obligations `yaml:"obligations"`
+	LabelsToAdd *[]string           `yaml:"labels_to_add"`
 }
 
 // stringList is a YAML string or list of strings.
@@ -120,22 +137,28 @@ type selfTest struct {
 
 // Keys allowed in each mapping of a policy file.
 var (
-	topKeys         = []string{"version", "name", "description", "defaults", "rules", "tests"}
+	topKeys         = []string{"version", "name", "description", "defaults", "rules", "limits", "tests"}
 	defaultsKeys    = []string{"obligations"}
 	obligationsKeys = []string{"timeout", "cpu_seconds", "memory_bytes", "max_processes", "max_file_bytes", "fs", "net", "env", "cwd"}
 	fsKeys          = []string{"read", "write", "exec"}
 	netKeys         = []string{"allow"}
-	ruleKeys        = []string{"id", "effect", "description", "match", "when", "message", "obligations"}
+	ruleKeys        = []string{"id", "effect", "description", "match", "when", "message", "obligations", "labels"}
+	limitKeys       = []string{"id", "description", "match", "when", "key", "window", "max", "cost", "on_exceed", "message"}
 	matchKeys       = []string{"kind", "name"}
 	testKeys        = []string{"name", "input", "expect"}
-	expectKeys      = []string{"decision", "rules", "obligations"}
+	expectKeys      = []string{"decision", "rules", "obligations", "labels_to_add"}
 )
 
 // Load parses, validates and compiles a policy file. It fails on anything it
 // does not understand: unknown keys (the error names the key and the rule or
 // test), duplicate rule ids, an unknown effect, a when expression that does
 // not compile, does not type-check to bool or whose estimated cost exceeds
-// CostBudget, and on limits (MaxSourceBytes, MaxRules, MaxWhenBytes).
+// CostBudget, labels on a rule that is not a permit or that are not
+// lower-case [a-z0-9_.:-] of at most 64 bytes, a limit whose key is not a
+// string expression, whose cost is not a number expression, whose window or
+// max is not positive or whose on_exceed is unknown, an id used twice among
+// rules and limits, and on size limits (MaxSourceBytes, MaxRules,
+// MaxLimits, MaxWhenBytes).
 // A policy with no rules is valid and denies everything.
 func Load(src []byte) (*Bundle, error) { return load(src, CostBudget) }
 
@@ -165,6 +188,9 @@ func load(src []byte, budget uint64) (*Bundle, error) {
 	if len(f.Rules) > MaxRules {
 		return nil, fmt.Errorf("policy: %d rules, more than the limit of %d", len(f.Rules), MaxRules)
 	}
+	if len(f.Limits) > MaxLimits {
+		return nil, fmt.Errorf("policy: %d limits, more than the limit of %d", len(f.Limits), MaxLimits)
+	}
 	env, err := newEnv()
 	if err != nil {
 		return nil, fmt.Errorf("policy: CEL environment: %w", err)
@@ -191,8 +217,20 @@ func load(src []byte, budget uint64) (*Bundle, error) {
 		}
 		seen[r.id] = true
 		rd.Match.Kind, rd.Match.Name = r.kinds, r.names
-		rd.When, rd.Message = r.when, r.message
+		rd.When, rd.Message, rd.Labels = r.when, r.message, r.labels
 		b.add(r)
+	}
+	for i := range f.Limits {
+		ld := &f.Limits[i]
+		l, err := compileLimit(env, ld, budget)
+		if err != nil {
+			return nil, fmt.Errorf("policy: %w", err)
+		}
+		if seen[l.id] {
+			return nil, fmt.Errorf("policy: limit id %q is already a rule or limit id", l.id)
+		}
+		seen[l.id] = true
+		b.limits = append(b.limits, l)
 	}
 	if b.hash, err = hashFile(&f); err != nil {
 		return nil, fmt.Errorf("policy: hash: %w", err)
@@ -267,18 +305,8 @@ func checkFile(top *yaml.Node) error {
 			if err := checkKeys(r, ruleKeys, where); err != nil {
 				return err
 			}
-			if m := mapValue(r, "match"); m != nil {
-				if err := checkKeys(m, matchKeys, where+" match"); err != nil {
-					return err
-				}
-				for _, k := range matchKeys {
-					if v := mapValue(m, k); v != nil {
-						var l stringList
-						if err := l.UnmarshalYAML(v); err != nil {
-							return fmt.Errorf("%s match.%s: %w", where, k, err)
-						}
-					}
-				}
+			if err := checkMatch(r, where); err != nil {
+				return err
 			}
 			if o := mapValue(r, "obligations"); o != nil {
 				if err := checkObligations(o, where+" obligations"); err != nil {
@@ -287,6 +315,27 @@ func checkFile(top *yaml.Node) error {
 			}
 			var rd ruleDoc // decoded here only to name the rule in type errors
 			if err := r.Decode(&rd); err != nil {
+				return fmt.Errorf("%s: %w", where, err)
+			}
+		}
+	}
+	if limits := mapValue(top, "limits"); limits != nil {
+		if limits.Kind != yaml.SequenceNode && !isNull(limits) {
+			return fmt.Errorf("line %d: limits must be a list", limits.Line)
+		}
+		for i, l := range limits.Content {
+			where := fmt.Sprintf("limits[%d]", i)
+			if id := mapValue(l, "id"); id != nil && id.Kind == yaml.ScalarNode {
+				where = fmt.Sprintf("limit %q", id.Value)
+			}
+			if err := checkKeys(l, limitKeys, where); err != nil {
+				return err
+			}
+			if err := checkMatch(l, where); err != nil {
+				return err
+			}
+			var ld limitDoc
+			if err := l.Decode(&ld); err != nil {
 				return fmt.Errorf("%s: %w", where, err)
 			}
 		}
@@ -312,6 +361,26 @@ func checkFile(top *yaml.Node) error {
 						return err
 					}
 				}
+			}
+		}
+	}
+	return nil
+}
+
+// checkMatch checks the match selector of a rule or limit, if any.
+func checkMatch(n *yaml.Node, where string) error {
+	m := mapValue(n, "match")
+	if m == nil {
+		return nil
+	}
+	if err := checkKeys(m, matchKeys, where+" match"); err != nil {
+		return err
+	}
+	for _, k := range matchKeys {
+		if v := mapValue(m, k); v != nil {
+			var l stringList
+			if err := l.UnmarshalYAML(v); err != nil {
+				return fmt.Errorf("%s match.%s: %w", where, k, err)
 			}
 		}
 	}

@@ -1,11 +1,15 @@
 // Package policy owns etb's governance policy (layer 2): the etb.policy/v1
 // rule format, its strict loading (CEL compile, type check and cost bound),
 // the bundle hash, and the deterministic, fail-closed evaluation of an
-// etb.action/v1 into a Decision.
+// etb.action/v1 into a Decision, including flow policies (the labels a
+// permit adds to its task, rules over the task's labels and recent window)
+// and limits (which slots an action counts against, whether it exceeds
+// them, what a permit reserves).
 //
-// A Decision is a pure function of (bundle, input): evaluation never reads
-// the clock (except to fill EvalNS), the environment, the file system or the
-// network, and never depends on map iteration order. The package must never
+// A Decision is a pure function of (bundle, input): task state and limit
+// usage come only from the input's task, never from a store. Evaluation
+// never reads the clock (except to fill EvalNS), the environment, the file
+// system or the network, and never depends on map iteration order. The package must never
 // return a permit it could not fully justify: every error, missing value,
 // cost overrun or panic during evaluation is a deny, and no match is a deny.
 // It must never mutate the caller's action.
@@ -67,15 +71,23 @@ type Decision struct {
 	// Messages are the messages of those rules, in the order of Rules.
 	Messages    []string           `json:"messages"`
 	Obligations action.Obligations `json:"obligations"`
-	// LabelsToAdd is empty in this engine version.
+	// LabelsToAdd is, for a permit, the sorted union of the labels of the
+	// permit rules cited; the host adds them to the task when the action
+	// ends successfully. Empty for any other decision.
 	LabelsToAdd []string `json:"labels_to_add"`
 	Policy      Ref      `json:"policy"`
 	// InputHash is action.CanonicalHash of the normalised input; empty only
 	// when the input could not be normalised or encoded (then the decision
 	// is a deny).
 	InputHash string `json:"input_hash"`
-	// StateVersion is 0 in this engine version.
+	// StateVersion is the input's task.state_version: the version of the
+	// task state (labels, recent window, usage) the decision saw.
 	StateVersion int64 `json:"state_version"`
+	// Reservations are, for a permit, the cost the action reserves in each
+	// limit slot it is subject to (see Bundle.LimitSlots), in the order of
+	// the limits: section. Nil for any other decision and when no limit
+	// applies; the only slice of a Decision that may be nil.
+	Reservations []Reservation `json:"reservations,omitempty"`
 	// EvalNS is how long evaluation took. It is the only field that is not
 	// a function of (bundle, input).
 	EvalNS int64 `json:"eval_ns"`
@@ -91,7 +103,8 @@ func (d Decision) SameOutcome(o Decision) bool {
 		slices.Equal(d.LabelsToAdd, o.LabelsToAdd) &&
 		d.Policy == o.Policy &&
 		d.InputHash == o.InputHash &&
-		d.StateVersion == o.StateVersion
+		d.StateVersion == o.StateVersion &&
+		slices.Equal(d.Reservations, o.Reservations)
 }
 
 // Trace tells what one rule did during an evaluation (see Bundle.Explain).
@@ -127,6 +140,7 @@ type Bundle struct {
 	name     string
 	defaults action.Obligations
 	rules    []*rule
+	limits   []*limit
 	byKind   map[string]*nameIndex
 	anyKind  nameIndex
 	tests    []selfTest
@@ -154,4 +168,25 @@ func (b *Bundle) Evaluate(ctx context.Context, in *action.Action) Decision {
 // Explain is Evaluate plus one Trace per rule of the policy, in file order.
 func (b *Bundle) Explain(ctx context.Context, in *action.Action) (Decision, []Trace) {
 	return b.eval(ctx, in, true)
+}
+
+// MayPermit reports whether some input of the given kind and name could be
+// permitted (or sent for approval) by b, judging by match selectors alone.
+// It is false only when no permit or require_approval rule selects (kind,
+// name), or a forbid rule without a when expression does: then every such
+// action is denied. A true answer promises nothing about a particular
+// input. Hosts use it to hide tools a policy can never allow.
+func (b *Bundle) MayPermit(kind, name string) bool {
+	var buf [16]int
+	may := false
+	for _, i := range b.candidates(buf[:0], kind, name) {
+		r := b.rules[i]
+		switch {
+		case r.effect == Forbid && r.prg == nil:
+			return false
+		case r.effect == Permit || r.effect == RequireApproval:
+			may = true
+		}
+	}
+	return may
 }

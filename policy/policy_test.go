@@ -362,6 +362,7 @@ func TestSameOutcome(t *testing.T) {
 		"engine":        func(d *Decision) { d.Policy.Engine = "x" },
 		"input hash":    func(d *Decision) { d.InputHash = "sha256:00" },
 		"state version": func(d *Decision) { d.StateVersion = 1 },
+		"reservations":  func(d *Decision) { d.Reservations = []Reservation{{Slot: "l/k", Limit: "l", Key: "k", Cost: 1}} },
 	} {
 		d := base
 		d.Rules, d.Messages, d.LabelsToAdd = slices.Clone(d.Rules), slices.Clone(d.Messages), slices.Clone(d.LabelsToAdd)

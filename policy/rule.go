@@ -3,12 +3,14 @@ package policy
 import (
 	"fmt"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 
 	"cel.dev/cel-go/cel"
 	"cel.dev/cel-go/common/cost"
 	"cel.dev/cel-go/common/types"
+	"cel.dev/cel-go/common/types/ref"
 	"cel.dev/cel-go/ext"
 
 	"github.com/etbproject/etb/action"
@@ -33,17 +35,27 @@ type rule struct {
 	message     string // as written, trimmed
 	cited       string // message, or a generated one when it is empty
 	obligations action.Obligations
+	labels      []string // sorted, unique; only on permit rules
 	kinds       []string // sorted, unique; empty = any kind
 	names       []string // sorted, unique; empty = any name
 	when        string
-	prg         cel.Program // nil when the rule has no when expression; runtime cost limit on
-	bounded     cel.Program // the same expression without runtime cost tracking
-	cost        uint64      // estimated worst-case cost of when
+	expr        // the compiled when expression; zero when there is none
 }
 
-// newEnv returns the CEL environment every when expression is checked in:
+// expr is one compiled CEL expression.
+type expr struct {
+	prg     cel.Program // nil when there is no expression; runtime cost limit on
+	bounded cel.Program // the same expression without runtime cost tracking
+	cost    uint64      // estimated worst-case cost
+}
+
+// labelPattern is the syntax of a task label.
+var labelPattern = regexp.MustCompile(`^[a-z0-9_.:-]{1,64}$`)
+
+// newEnv returns the CEL environment every expression is checked in:
 // principal, action, task and env, with CEL field names equal to the JSON
-// field names of package action.
+// field names of package action. task.recent is a list of action.Recent
+// (fields kind, name, host, decision), task.usage a map(string, double).
 func newEnv() (*cel.Env, error) {
 	return cel.NewEnv(
 		ext.NativeTypes(
@@ -51,6 +63,7 @@ func newEnv() (*cel.Env, error) {
 			reflect.TypeFor[action.Spec](),
 			reflect.TypeFor[action.Target](),
 			reflect.TypeFor[action.Task](),
+			reflect.TypeFor[action.Recent](),
 			ext.ParseStructTag("json"),
 		),
 		cel.Variable("principal", cel.ObjectType("action.Principal")),
@@ -96,39 +109,79 @@ func compileRule(env *cel.Env, rd *ruleDoc, budget uint64) (*rule, error) {
 	if r.names, err = uniqueSorted(rd.Match.Name); err != nil {
 		return nil, fmt.Errorf("rule %q: match.name: %w", rd.ID, err)
 	}
-	if r.when == "" {
-		return r, nil
+	if len(rd.Labels) > 0 && r.effect != Permit {
+		return nil, fmt.Errorf("rule %q: labels are allowed on permit rules only, not on %s", rd.ID, r.effect)
 	}
-	if len(r.when) > MaxWhenBytes {
-		return nil, fmt.Errorf("rule %q: when is %d bytes, more than the limit of %d", rd.ID, len(r.when), MaxWhenBytes)
+	if r.labels, err = uniqueSorted(rd.Labels); err != nil {
+		return nil, fmt.Errorf("rule %q: labels: %w", rd.ID, err)
 	}
-	ast, iss := env.Compile(r.when)
+	for _, l := range r.labels {
+		if !labelPattern.MatchString(l) {
+			return nil, fmt.Errorf("rule %q: label %q must match %s", rd.ID, l, labelPattern)
+		}
+	}
+	if r.expr, err = compileExpr(env, r.when, budget, types.BoolType); err != nil {
+		return nil, fmt.Errorf("rule %q: when: %w", rd.ID, err)
+	}
+	return r, nil
+}
+
+// compileExpr type-checks src to one of the types want, bounds its
+// estimated worst-case cost by budget and compiles it twice: with the
+// runtime cost limit and without it (for inputs within bounds). An empty
+// src gives the zero expr.
+func compileExpr(env *cel.Env, src string, budget uint64, want ...*types.Type) (expr, error) {
+	if src == "" {
+		return expr{}, nil
+	}
+	if len(src) > MaxWhenBytes {
+		return expr{}, fmt.Errorf("%d bytes, more than the limit of %d", len(src), MaxWhenBytes)
+	}
+	ast, iss := env.Compile(src)
 	if iss.Err() != nil {
-		return nil, fmt.Errorf("rule %q: when: %w", rd.ID, iss.Err())
+		return expr{}, iss.Err()
 	}
-	if !ast.OutputType().IsExactType(types.BoolType) {
-		return nil, fmt.Errorf("rule %q: when has type %s, want bool", rd.ID, ast.OutputType())
+	if !slices.ContainsFunc(want, ast.OutputType().IsExactType) {
+		names := make([]string, len(want))
+		for i, w := range want {
+			names[i] = w.String()
+		}
+		return expr{}, fmt.Errorf("has type %s, want %s", ast.OutputType(), strings.Join(names, " or "))
 	}
 	est, err := env.EstimateCost(ast, sizeEstimator{})
 	if err != nil {
-		return nil, fmt.Errorf("rule %q: when: estimating cost: %w", rd.ID, err)
+		return expr{}, fmt.Errorf("estimating cost: %w", err)
 	}
 	if est.Max > budget {
-		return nil, fmt.Errorf("rule %q: when has estimated worst-case cost %d, more than the budget of %d", rd.ID, est.Max, budget)
+		return expr{}, fmt.Errorf("has estimated worst-case cost %d, more than the budget of %d", est.Max, budget)
 	}
-	r.cost = est.Max
-	r.prg, err = env.Program(ast, cel.CostLimit(budget), cel.EvalOptions(cel.OptOptimize))
-	if err != nil {
-		return nil, fmt.Errorf("rule %q: when: %w", rd.ID, err)
+	e := expr{cost: est.Max}
+	if e.prg, err = env.Program(ast, cel.CostLimit(budget), cel.EvalOptions(cel.OptOptimize)); err != nil {
+		return expr{}, err
 	}
 	// For an input within the size bounds the estimate assumed (see
 	// withinBounds), est.Max ≤ budget is already a proof that evaluation
 	// stays under budget, so the runtime cost tracker can be left out.
-	r.bounded, err = env.Program(ast, cel.EvalOptions(cel.OptOptimize))
-	if err != nil {
-		return nil, fmt.Errorf("rule %q: when: %w", rd.ID, err)
+	if e.bounded, err = env.Program(ast, cel.EvalOptions(cel.OptOptimize)); err != nil {
+		return expr{}, err
 	}
-	return r, nil
+	return e, nil
+}
+
+// eval evaluates e for a, choosing the untracked program when the input is
+// within bounds. Any failure, including a panic inside CEL, is an error.
+func (e *expr) eval(a activation, bounded bool) (out ref.Val, err error) {
+	prg := e.prg
+	if bounded && e.bounded != nil {
+		prg = e.bounded
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			out, err = nil, fmt.Errorf("panic: %v", p)
+		}
+	}()
+	out, _, err = prg.Eval(a)
+	return out, err
 }
 
 // uniqueSorted returns a sorted copy of l and fails on a duplicate.
@@ -151,11 +204,18 @@ func uniqueSorted(l []string) ([]string, error) {
 type sizeEstimator struct{}
 
 func (sizeEstimator) EstimateSize(n cost.AstNode) *cost.SizeEstimate {
-	if len(n.Path()) == 0 {
+	path := n.Path()
+	if len(path) == 0 {
 		return nil
 	}
 	switch n.Type().Kind() {
-	case types.ListKind, types.MapKind:
+	case types.ListKind:
+		if len(path) == 2 && path[0] == "task" && path[1] == "recent" {
+			// action.Normalize refuses a longer window.
+			return &cost.SizeEstimate{Min: 0, Max: action.MaxRecent}
+		}
+		return &cost.SizeEstimate{Min: 0, Max: MaxListSize}
+	case types.MapKind:
 		return &cost.SizeEstimate{Min: 0, Max: MaxListSize}
 	case types.StringKind, types.BytesKind:
 		return &cost.SizeEstimate{Min: 0, Max: MaxStringSize}

@@ -30,6 +30,17 @@ func (b *Bundle) RunTests(ctx context.Context) []TestResult {
 				diffs = append(diffs, fmt.Sprintf("rules are %v, want %v", got.Rules, want))
 			}
 		}
+		if t.expect.LabelsToAdd != nil {
+			want := slices.Clone(*t.expect.LabelsToAdd)
+			slices.Sort(want)
+			want = slices.Compact(want)
+			if want == nil {
+				want = []string{}
+			}
+			if !slices.Equal(got.LabelsToAdd, want) {
+				diffs = append(diffs, fmt.Sprintf("labels_to_add are %v, want %v", got.LabelsToAdd, want))
+			}
+		}
 		if t.expect.Obligations != nil && !got.Obligations.Equal(*t.expect.Obligations) {
 			diffs = append(diffs, fmt.Sprintf("obligations are {timeout: %s}, want {timeout: %s}", got.Obligations.Timeout.D(), t.expect.Obligations.Timeout.D()))
 		}

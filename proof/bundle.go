@@ -4,8 +4,10 @@
 // The verifier needs nothing but a bundle and the public keys in a trust
 // file: it checks the checkpoint signature, every inclusion proof, the event
 // chain and its order, each grant's signature and binding to the recorded
-// action, and re-derives every decision by evaluating the bundled policy on
-// the recorded input. The package must never trust a field of the bundle that
+// action, every parent → child delegation link, and re-derives every
+// decision by evaluating the bundled policy on the recorded input; for a
+// task bundle it also re-derives the task state (labels, recent window,
+// state versions) each decision was made on from the tree's own record. The package must never trust a field of the bundle that
 // no signature or hash covers, and never read the network or the clock.
 package proof
 
@@ -28,16 +30,26 @@ const (
 // MaxBundleBytes bounds what ParseBundle accepts.
 const MaxBundleBytes = 64 << 20
 
-// Bundle is the evidence of one execution.
+// Bundle is the evidence of one execution, or of a whole task tree.
+//
+// An execution bundle names its Execution and holds only that execution's
+// events. A task bundle names the root task in Task, leaves Execution
+// empty, and holds the events of every execution of the tree, in ledger
+// order; every intent's action.task.root_id is Task.
 type Bundle struct {
 	V         string `json:"v"`
 	Execution string `json:"execution"`
+	// Task is the root task of a task bundle ("" for an execution bundle).
+	Task string `json:"task,omitempty"`
 	// Checkpoint is the signed note (C2SP tlog-checkpoint) every proof is
 	// against.
 	Checkpoint string `json:"checkpoint"`
 	// Events are the execution's events in order.
 	Events []Entry `json:"events"`
-	// Grants are the compact JWS grants issued for the execution.
+	// Grants are the compact JWS grants issued for the execution(s), and
+	// every delegation grant any of them descends from (par): a grant
+	// that belongs to no execution of the bundle is allowed only as some
+	// grant's parent.
 	Grants []string `json:"grants"`
 	// Policies are the sources of the policy bundles the decisions name.
 	Policies []Policy `json:"policies"`

@@ -75,10 +75,61 @@ func TestLifecycleOrder(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := readLifecycle(chainOf(t, tt.decision, tt.rest...))
+			_, err := readLifecycle(chainOf(t, tt.decision, tt.rest...), false)
 			switch {
 			case tt.want == "" && err != nil:
 				t.Fatalf("valid lifecycle refused: %v", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Fatalf("err = %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// A delegation (agent.delegate) is complete once its grant is recorded; it
+// never starts anything.
+func TestLifecycleOfDelegation(t *testing.T) {
+	ev := func(typ string, body any) [3]any { return [3]any{typ, "gw", body} }
+	grant := lineage.GrantBody{JTI: "j"}
+	tests := []struct {
+		name    string
+		rest    [][3]any
+		outcome string
+		want    string
+	}{
+		{"delegated", [][3]any{ev("grant", grant)}, "delegated", ""},
+		{"delegated then revoked", [][3]any{ev("grant", grant), ev("revocation", lineage.RevocationBody{Scope: "task"})}, "delegated, revoked", ""},
+		{"grant refused", [][3]any{ev("interrupt", lineage.InterruptBody{Reason: "grant_failed"})}, "interrupted: grant_failed", ""},
+		{"start", [][3]any{ev("grant", grant), ev("start", lineage.StartBody{GrantJTI: "j"})}, "", "runs nothing"},
+		{"end", [][3]any{ev("grant", grant), ev("end", lineage.EndBody{})}, "", "runs nothing"},
+		{"heartbeat", [][3]any{ev("grant", grant), ev("heartbeat", struct{}{})}, "", "runs nothing"},
+		{"no grant", nil, "", "no terminal event"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := action.Action{ID: "d1", Action: action.Spec{Kind: "agent.delegate", Name: "spiffe://etb.local/agent/b", Args: []string{"{}"}}}
+			if err := a.Normalize(); err != nil {
+				t.Fatal(err)
+			}
+			dg, _ := a.Action.Digest()
+			c := lineage.NewChain("d1", "d1", "")
+			var evs []*lineage.Event
+			for _, r := range append([][3]any{
+				{"intent", "agent", lineage.IntentBody{Action: a, ActionDigest: dg}},
+				{"decision", "gw", policy.Decision{Decision: policy.Permit, Rules: []string{}, Messages: []string{}, LabelsToAdd: []string{}}},
+			}, tt.rest...) {
+				e, _, err := c.Next(r[0].(string), r[1].(string), "2026-11-26T06:00:00Z", r[2])
+				if err != nil {
+					t.Fatal(err)
+				}
+				evs = append(evs, e)
+			}
+			st, err := readLifecycle(evs, false)
+			switch {
+			case tt.want == "" && err != nil:
+				t.Fatalf("valid delegation refused: %v", err)
+			case tt.want == "" && st.outcome != tt.outcome:
+				t.Fatalf("outcome %q, want %q", st.outcome, tt.outcome)
 			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
 				t.Fatalf("err = %v, want %q", err, tt.want)
 			}

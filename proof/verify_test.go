@@ -286,6 +286,7 @@ func FuzzParseBundle(f *testing.F) {
 		f.Add(seed)
 	}
 	f.Add([]byte(`{"v":"etb.bundle/v1","execution":"x","checkpoint":"","events":[{"entry":"{}","proof":"c2sp.org/tlog-proof@v1\nindex 0\n\n"}],"grants":[],"policies":[]}`))
+	f.Add([]byte(`{"v":"etb.bundle/v1","execution":"","task":"t","checkpoint":"","events":[{"entry":"{}","proof":"c2sp.org/tlog-proof@v1\nindex 0\n\n"}],"grants":["a.b.c"],"policies":[]}`))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		b, err := proof.ParseBundle(bytes.NewReader(in))
 		if err != nil {

@@ -95,6 +95,12 @@ names witnesses, the checkpoint needs a quorum of their cosignatures; with
 --since, it must be consistent with that earlier checkpoint (the bundle
 carries the proof: 'etb evidence --since').
 
+A task bundle ('etb evidence --task') is checked execution by execution,
+and as a tree: every parent → child grant link (signature, par hash, the
+child no wider than its parent), and the task state every decision saw
+(labels, recent window, state version) folded through the tree in ledger
+order.
+
 Exit status: 0 valid; 1 invalid (the first failing check is named);
 2 usage error or unreadable input.`,
 		Example: `  etb trust export > trust.json
@@ -124,8 +130,20 @@ Exit status: 0 valid; 1 invalid (the first failing check is named);
 			}
 			if !quiet {
 				w := cmd.OutOrStdout()
-				fmt.Fprintf(w, "VALID execution %s: %d events under checkpoint of size %d\n", rep.Execution, rep.Events, rep.CheckpointSize)
-				fmt.Fprintf(w, "  decision %s by %s; outcome %s\n", rep.Decision, strings.Join(rep.Rules, ","), rep.Outcome)
+				if rep.Task != "" {
+					fmt.Fprintf(w, "VALID task tree %s: %d executions, %d events under checkpoint of size %d\n", rep.Task, len(rep.Executions), rep.Events, rep.CheckpointSize)
+					for _, x := range rep.Executions {
+						via := ""
+						if x.Parent != "" {
+							via = " (delegated from grant " + lineage.ShortID(x.Parent) + ")"
+						}
+						fmt.Fprintf(w, "  %s task %s %s %s %s: %s by %s; outcome %s%s\n", lineage.ShortID(x.Execution), lineage.ShortID(x.Task),
+							x.Principal, x.Kind, x.Name, x.Decision, strings.Join(x.Rules, ","), x.Outcome, via)
+					}
+				} else {
+					fmt.Fprintf(w, "VALID execution %s: %d events under checkpoint of size %d\n", rep.Execution, rep.Events, rep.CheckpointSize)
+					fmt.Fprintf(w, "  decision %s by %s; outcome %s\n", rep.Decision, strings.Join(rep.Rules, ","), rep.Outcome)
+				}
 				for _, c := range rep.Checks {
 					fmt.Fprintf(w, "  ok  %s\n", c)
 				}
@@ -215,20 +233,14 @@ func newLogCmd(g *globals) *cobra.Command {
 		},
 	}
 	show.Flags().BoolVar(&asJSON, "json", false, "print the events as JSON")
-	c.AddCommand(show, newMonitorCmd())
-	return c
-}
-
-func newEvidenceCmd(g *globals) *cobra.Command {
-	var out, since string
-	c := &cobra.Command{
-		Use:   "evidence EXEC_ID",
-		Short: "Write the evidence bundle (etb.bundle/v1) of an execution",
-		Long: `Evidence writes the bundle of one execution: its events from the ledger,
-each with a C2SP tlog-proof against the latest checkpoint (or, with
-witnesses configured, the latest checkpoint cosigned by a quorum of them),
-its grant and its policy. With --since, the bundle also carries the
-consistency proof from that earlier checkpoint, for 'etb verify --since'.`,
+	tree := &cobra.Command{
+		Use:   "tree TASK_ID",
+		Short: "Print a task's tree across agents: each action, decision, rule, outcome, duration, interruptions",
+		Long: `Tree prints the task (the id may be a unique prefix) and every task below
+it (sub-tasks and the tasks of sub-agents it delegated to), each with its
+executions in time order: agent, action, decision and rule, outcome,
+duration and the reasons of any interruptions. Labels the task gained are
+shown beside it.`,
 		Args: usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			gw, err := g.open(cmd.Context(), "")
@@ -236,6 +248,92 @@ consistency proof from that earlier checkpoint, for 'etb verify --since'.`,
 				return err
 			}
 			defer gw.Close()
+			id, _, err := gw.ResolveTask(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			t, err := gw.TaskTree(cmd.Context(), id)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON("-", t)
+			}
+			printTree(cmd.OutOrStdout(), t, "")
+			return nil
+		},
+	}
+	tree.Flags().BoolVar(&asJSON, "json", false, "print the tree as JSON")
+	c.AddCommand(show, tree, newMonitorCmd())
+	return c
+}
+
+// printTree prints one task and, indented, the tasks below it.
+func printTree(w io.Writer, t *gateway.TaskNode, indent string) {
+	labels := ""
+	if len(t.Labels) > 0 {
+		labels = " [" + strings.Join(t.Labels, ",") + "]"
+	}
+	fmt.Fprintf(w, "%stask %s%s\n", indent, lineage.ShortID(t.ID), labels)
+	for _, x := range t.Executions {
+		rule := x.Rules
+		if rule == "" {
+			rule = "-"
+		}
+		outcome := x.Outcome
+		if outcome == "" {
+			outcome = "-"
+		}
+		line := fmt.Sprintf("%s  %s %s %s %s %s: %s by %s, %s, %s", indent, lineage.ShortID(x.ID), x.Agent, x.Kind, x.Name, x.Args,
+			x.Decision, rule, outcome, x.Duration.Round(time.Millisecond))
+		if len(x.Interrupts) > 0 {
+			line += " (interrupted: " + strings.Join(x.Interrupts, ", ") + ")"
+		}
+		fmt.Fprintln(w, line)
+	}
+	for _, c := range t.Children {
+		printTree(w, c, indent+"  ")
+	}
+}
+
+func newEvidenceCmd(g *globals) *cobra.Command {
+	var out, since, task string
+	c := &cobra.Command{
+		Use:   "evidence (EXEC_ID | --task TASK_ID)",
+		Short: "Write the evidence bundle (etb.bundle/v1) of an execution or of a whole task tree",
+		Long: `Evidence writes the bundle of one execution: its events from the ledger,
+each with a C2SP tlog-proof against the latest checkpoint (or, with
+witnesses configured, the latest checkpoint cosigned by a quorum of them),
+its grant and its policy. With --since, the bundle also carries the
+consistency proof from that earlier checkpoint, for 'etb verify --since'.
+
+With --task, the bundle holds the whole tree of that task (from its root):
+every execution of every task in it, across agents and sub-agents, with
+every grant (delegations included) and policy, for 'etb verify' to check
+all of it at once, including each parent → child grant link and the task
+state every decision saw.`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if task != "" {
+				return usageArgs(cobra.NoArgs)(cmd, args)
+			}
+			return usageArgs(cobra.ExactArgs(1))(cmd, args)
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			gw, err := g.open(cmd.Context(), "")
+			if err != nil {
+				return err
+			}
+			defer gw.Close()
+			if task != "" {
+				if since != "" {
+					return usageError("--since is not supported with --task yet")
+				}
+				b, err := gw.EvidenceForTask(cmd.Context(), task)
+				if err != nil {
+					return err
+				}
+				return writeJSON(out, b)
+			}
 			id, err := gw.ResolveID(cmd.Context(), args[0])
 			if err != nil {
 				return err
@@ -255,6 +353,7 @@ consistency proof from that earlier checkpoint, for 'etb verify --since'.`,
 	}
 	c.Flags().StringVarP(&out, "output", "o", "-", "file to write (- for stdout)")
 	c.Flags().StringVar(&since, "since", "", "a checkpoint (signed note) the verifier saw earlier: include the consistency proof from it")
+	c.Flags().StringVar(&task, "task", "", "write the bundle of this task's whole tree instead of one execution")
 	return c
 }
 

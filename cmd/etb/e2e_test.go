@@ -408,3 +408,60 @@ func TestFsckAndVerifySince(t *testing.T) {
 		t.Fatalf("fsck: %d %s %s", r.code, r.stdout, r.stderr)
 	}
 }
+
+// A task tree across runs: `etb log tree` shows it, `etb evidence --task`
+// writes one bundle for all of it, and `etb verify` checks it.
+func TestLogTreeAndTaskEvidence(t *testing.T) {
+	home, dir := t.TempDir(), t.TempDir()
+	for _, args := range [][]string{
+		{"run", "--task", "job", "--", "echo", "one"},
+		{"run", "--task", "job-sub", "--parent", "job", "--", "echo", "two"},
+		{"run", "--task", "job", "--", "rm", "-rf", "/nonexistent-etb"},
+	} {
+		etb(t, home, args...)
+	}
+	if r := etb(t, home, "run", "--task", "job-sub", "--parent", "other", "--", "echo", "x"); r.code == 0 {
+		t.Fatalf("a task was moved under another parent: %s", r.stderr)
+	}
+	r := etb(t, home, "log", "tree", "job")
+	if r.code != 0 {
+		t.Fatalf("log tree: %d %s", r.code, r.stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(lines) != 5 || !strings.HasPrefix(lines[0], "task job") || !strings.HasPrefix(lines[3], "  task job-sub") {
+		t.Fatalf("log tree:\n%s", r.stdout)
+	}
+	for _, want := range []string{"echo", "permit by allow-read-only", "exit 0", "deny by forbid-recursive-delete"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("log tree lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	if r := etb(t, home, "log", "tree", "nope"); r.code == 0 {
+		t.Errorf("log tree of an unknown task succeeded")
+	}
+	bundle, trust := filepath.Join(dir, "tree.json"), filepath.Join(dir, "trust.json")
+	if r := etb(t, home, "evidence", "--task", "job-sub", "-o", bundle); r.code != 0 {
+		t.Fatalf("evidence --task: %d %s", r.code, r.stderr)
+	}
+	tr := etb(t, home, "trust", "export")
+	if err := os.WriteFile(trust, []byte(tr.stdout), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if v := etb(t, home, "verify", bundle, "--trust", trust); v.code != 0 || !strings.Contains(v.stdout, "VALID task tree job: 3 executions") {
+		t.Fatalf("verify task bundle: %d %s%s", v.code, v.stdout, v.stderr)
+	}
+	raw, err := os.ReadFile(bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b struct {
+		Task   string            `json:"task"`
+		Events []json.RawMessage `json:"events"`
+	}
+	if err := json.Unmarshal(raw, &b); err != nil || b.Task != "job" || len(b.Events) < 11 {
+		t.Fatalf("bundle of the tree from its root: task %q, %d events, %v", b.Task, len(b.Events), err)
+	}
+	if r := etb(t, home, "evidence", "--task", "job", "some-id"); r.code != 2 {
+		t.Errorf("evidence with both an id and --task: exit %d", r.code)
+	}
+}

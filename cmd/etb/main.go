@@ -12,11 +12,13 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/etbproject/etb/enforce/sandbox"
 	"github.com/etbproject/etb/gateway"
+	"github.com/etbproject/etb/telemetry"
 )
 
 // exitError carries a specific exit status out of a command.
@@ -34,6 +36,45 @@ func usageError(format string, args ...any) error {
 
 type globals struct {
 	home string
+	// tracer exports one span per execution when the OpenTelemetry
+	// environment (OTEL_EXPORTER_OTLP_ENDPOINT, ...) asks for it.
+	tracer     *telemetry.Tracer
+	tracerDone bool
+}
+
+// tracing returns the tracer the environment configures (nil if none). A
+// tracing problem is reported and never stops a command.
+func (g *globals) tracing(ctx context.Context) *telemetry.Tracer {
+	if g.tracerDone {
+		return g.tracer
+	}
+	g.tracerDone = true
+	cfg := telemetry.ConfigFromEnv(os.Getenv)
+	for _, w := range cfg.Warnings {
+		fmt.Fprintln(os.Stderr, "etb: tracing:", w)
+	}
+	if cfg.Endpoint == "" || cfg.Disabled {
+		return nil
+	}
+	t, err := telemetry.New(ctx, cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "etb: tracing off:", err)
+		return nil
+	}
+	g.tracer = t
+	return t
+}
+
+// shutdown flushes the spans not yet exported.
+func (g *globals) shutdown() {
+	if g.tracer == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := g.tracer.Shutdown(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "etb: tracing:", err)
+	}
 }
 
 func (g *globals) homeDir() (string, error) {
@@ -48,11 +89,14 @@ func (g *globals) open(ctx context.Context, policyPath string) (*gateway.Gateway
 	if err != nil {
 		return nil, err
 	}
-	return gateway.Open(ctx, dir, gateway.Options{PolicyPath: policyPath})
+	return gateway.Open(ctx, dir, gateway.Options{PolicyPath: policyPath, Tracer: g.tracing(ctx)})
 }
 
 func newRoot() *cobra.Command {
-	g := &globals{}
+	return newRootWith(&globals{})
+}
+
+func newRootWith(g *globals) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "etb",
 		Short: "etb puts a trust boundary around each action an agent takes",
@@ -83,7 +127,9 @@ func main() {
 	// sandbox helper: that must happen before anything else.
 	sandbox.MaybeRunHelper()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
-	err := newRoot().ExecuteContext(ctx)
+	g := &globals{}
+	err := newRootWith(g).ExecuteContext(ctx)
+	g.shutdown()
 	stop()
 	if err == nil {
 		return

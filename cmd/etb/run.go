@@ -33,7 +33,13 @@ trust file, pinned in HOME/enforcer on first use, with its own replay store
 there), renews the lease while COMMAND runs, kills the process tree at once
 when the gateway revokes the execution or the policy no longer permits it,
 and at lease expiry when the gateway cannot be reached. A report it cannot
-deliver is spooled in HOME/enforcer/spool and delivered on the next run.`,
+deliver is spooled in HOME/enforcer/spool and delivered on the next run.
+
+Tasks: --task puts the action in a task (created on first use), --parent
+places a new task below an existing one; rules see the task's labels,
+recent actions and limit usage. Tracing: with OTEL_EXPORTER_OTLP_ENDPOINT
+set, each execution is exported as an OpenTelemetry span, parented by
+$TRACEPARENT when it holds a W3C traceparent.`,
 		Example: `  etb run -- echo hello
   etb run --evidence out.json -- ls -l
   etb run --policy ./policy.yaml -- cat README.md
@@ -60,7 +66,7 @@ deliver is spooled in HOME/enforcer/spool and delivered on the next run.`,
 			if err != nil {
 				return &exitError{code: gateway.ExitInternal, msg: err.Error()}
 			}
-			res, err := gw.Exec(ctx, gateway.ExecRequest{Argv: args, Cwd: cwd, Task: task, Parent: parent,
+			res, err := gw.Exec(ctx, gateway.ExecRequest{Argv: args, Cwd: cwd, Task: task, Parent: parent, Traceparent: os.Getenv("TRACEPARENT"),
 				Env: os.Environ(), Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr})
 			if err != nil {
 				return &exitError{code: gateway.ExitInternal, msg: err.Error()}

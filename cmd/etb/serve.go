@@ -317,10 +317,14 @@ func newRevokeCmd(g *globals) *cobra.Command {
 	var gf gatewayFlags
 	var req client.RevokeRequest
 	c := &cobra.Command{
-		Use:   "revoke (--execution ID | --task ID | --agent SPIFFE_ID | --all)",
+		Use:   "revoke (--execution ID | --grant JTI | --task ID | --agent SPIFFE_ID | --all)",
 		Short: "Revoke running executions at a gateway (admin)",
 		Long: `Revoke asks the gateway to revoke every open execution in scope: one
-execution, a task, everything an agent runs, or --all (the kill switch). The
+execution, a grant, a task, everything an agent runs, or --all (the kill
+switch). A revocation reaches every descendant: the tasks below a revoked
+task, and every grant delegated (directly or not) from a revoked grant,
+from a revoked delegation execution or by a revoked agent; sub-agents can
+no longer act under a revoked delegation. The
 gateway records a revocation event for each and pushes it to the enforcers
 running them, which kill the process trees; revoke returns once every
 enforcer was told. The caller's SVID must be of the admin class
@@ -343,11 +347,12 @@ enforcer was told. The caller's SVID must be of the admin class
 	}
 	gf.register(c)
 	c.Flags().StringVar(&req.Execution, "execution", "", "execution id")
-	c.Flags().StringVar(&req.Task, "task", "", "task id")
-	c.Flags().StringVar(&req.Agent, "agent", "", "agent SPIFFE ID")
+	c.Flags().StringVar(&req.Grant, "grant", "", "grant id (jti): the grant and every grant delegated from it")
+	c.Flags().StringVar(&req.Task, "task", "", "task id (and every task below it)")
+	c.Flags().StringVar(&req.Agent, "agent", "", "agent SPIFFE ID (and everything delegated by it)")
 	c.Flags().BoolVar(&req.All, "all", false, "every open execution (kill switch)")
-	c.MarkFlagsOneRequired("execution", "task", "agent", "all")
-	c.MarkFlagsMutuallyExclusive("execution", "task", "agent", "all")
+	c.MarkFlagsOneRequired("execution", "grant", "task", "agent", "all")
+	c.MarkFlagsMutuallyExclusive("execution", "grant", "task", "agent", "all")
 	return c
 }
 
