@@ -226,6 +226,10 @@ type Execution struct {
 	// span is the execution's trace span (nil-safe), ended with its
 	// terminal event.
 	span *telemetry.Span
+	// approvedUse is what an approved execution spends on its limit slots,
+	// reserved with its grant (a require_approval decision reserves
+	// nothing).
+	approvedUse []policy.LimitSlot
 }
 
 // Traceparent is the W3C traceparent of the execution's span, to
@@ -460,6 +464,12 @@ func (g *Gateway) append(ctx context.Context, ex *Execution, events []*lineage.E
 			case lineage.TypeGrant:
 				if err := writeGrantLinks(ctx, x, ex); err != nil {
 					return err
+				}
+				for _, sl := range ex.approvedUse {
+					if _, err := x.ExecContext(ctx, `INSERT OR IGNORE INTO etb_limit_usage(slot, execution, cost, unix_nano) VALUES(?,?,?,?)`,
+						sl.Slot, ex.ID, sl.Cost, when.UnixNano()); err != nil {
+						return fmt.Errorf("gateway: reserve %v of %s for approved %s: %w", sl.Cost, sl.Slot, ex.ID, err)
+					}
 				}
 			case lineage.TypeEnd, lineage.TypeInterrupt:
 				if err := writeTaskOutcome(ctx, x, ex, e, started); err != nil {

@@ -274,6 +274,13 @@ func (s *Service) grantApproved(ctx context.Context, le *liveExec, holder string
 	if err != nil {
 		return fail(err)
 	}
+	// What an approved action spends counts against its limits as a
+	// permit's would (under the current policy's limits).
+	slots, err := s.g.Policy().LimitSlots(ctx, &ex.Action)
+	if err != nil {
+		return fail(err)
+	}
+	ex.approvedUse = slots
 	ex.Token, ex.Claims = token, &claims
 	if _, err := s.recordAs(ctx, le, lineage.TypeGrant, s.g.cfg.Issuer, lineage.GrantBody{JTI: claims.ID, TokenSHA256: grant.TokenHash(token),
 		ADG: claims.ADG, Pol: claims.Pol, Aud: claims.Audience, Exp: claims.Expiry}); err != nil {

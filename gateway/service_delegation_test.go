@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"context"
 	"crypto/ed25519"
+	"io"
 	"os"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/etbproject/etb/client"
 	"github.com/etbproject/etb/enforce"
 	"github.com/etbproject/etb/grant"
+	"github.com/etbproject/etb/lineage"
 	"github.com/etbproject/etb/policy"
 	"github.com/etbproject/etb/proof"
 )
@@ -247,4 +249,60 @@ func tokenOf(t testing.TB, e *testEnv, execution string) string {
 		t.Fatalf("evidence of %s: %v", execution, err)
 	}
 	return b.Grants[0]
+}
+
+// An action a limit sends to a human spends from the limit once approved:
+// the next decision sees its use.
+func TestServiceApprovedActionSpendsLimit(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, t.TempDir(), 0)
+	setPolicy(t, e, delegationPolicy+`limits:
+  - id: one-echo
+    match: {kind: shell.exec, name: [echo]}
+    key: principal.id
+    window: 1h
+    max: 1
+    on_exceed: require_approval
+`)
+	approver := e.client("/approver/alice")
+	agent, err := client.New(e.url, client.Options{TLS: e.tlsFor("/agent/a"), StateDir: t.TempDir(), ApprovalWait: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer agent.Close()
+	run := func() *client.RunResult {
+		t.Helper()
+		res, err := agent.RunCommand(ctx, client.RunRequest{Argv: []string{"echo", "x"}, Cwd: os.TempDir(), Stdout: io.Discard})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	if r := run(); r.ExitCode != 0 || r.Decision.Decision != policy.Permit {
+		t.Fatalf("first echo: %+v", r)
+	}
+	done := make(chan *client.RunResult, 1)
+	go func() { done <- run() }()
+	list := pending(t, approver, 1)
+	if _, err := approver.Approve(ctx, list[0].ID, ""); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-done; r.ExitCode != 0 || r.Decision.Decision != policy.RequireApproval {
+		t.Fatalf("approved echo: %+v", r)
+	}
+	auth, err := agent.Decide(ctx, execSpec(t, "echo", "y"), client.Task{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	events, _, err := e.g.Events(ctx, auth.Execution)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var intent lineage.IntentBody
+	if err := events[0].DecodeBody(&intent); err != nil {
+		t.Fatal(err)
+	}
+	if u := intent.Action.Task.Usage["one-echo/spiffe://etb.local/agent/a"]; u != 2 {
+		t.Fatalf("usage after a permit and an approval: %v, want 2", intent.Action.Task.Usage)
+	}
 }
