@@ -12,6 +12,7 @@ import (
 	"github.com/etbproject/etb/grant"
 	"github.com/etbproject/etb/ledger"
 	"github.com/etbproject/etb/policy"
+	"github.com/etbproject/etb/proof"
 )
 
 // KindDelegate is the kind of the action by which an agent asks for a
@@ -23,7 +24,7 @@ const KindDelegate = grant.KindDelegate
 // EnvDelegation is the action env entry in which the gateway records the
 // jti of the delegation grant a sub-agent acts under (rules may test it;
 // the lineage is restored from it).
-const EnvDelegation = "delegation.jti"
+const EnvDelegation = proof.EnvDelegation
 
 // MaxDelegationDepth bounds the depth a root delegation may ask for.
 const MaxDelegationDepth = 8

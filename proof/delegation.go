@@ -8,6 +8,10 @@ import (
 	"github.com/etbproject/etb/grant"
 )
 
+// EnvDelegation is the action env entry in which the gateway records the
+// delegation grant (jti) a sub-agent acted under.
+const EnvDelegation = "delegation.jti"
+
 // bundleGrant is one grant of a bundle, verified.
 type bundleGrant struct {
 	token     string
@@ -89,6 +93,18 @@ func checkDelegations(gs *grantSet) error {
 		}
 	}
 	for _, g := range gs.list {
+		// The gateway records in the intent which delegation the caller
+		// acted under; the grant must descend from exactly that one (a
+		// sub-agent's grant without par would escape the scope check).
+		if x := g.execution; x != nil {
+			under := x.st.intent.Action.Env[EnvDelegation]
+			switch par := g.claims.Par; {
+			case par == nil && under != "":
+				return fail(CheckDelegation, "execution %s acted under delegation %s, its grant %s names no parent", x.id, under, g.claims.ID)
+			case par != nil && par.JTI != under:
+				return fail(CheckDelegation, "execution %s's grant %s names parent %s, the intent records delegation %q", x.id, g.claims.ID, par.JTI, under)
+			}
+		}
 		if g.execution == nil && !g.isParent {
 			return fail(CheckDelegation, "grant %s belongs to no execution of the bundle and is no grant's parent", g.claims.ID)
 		}

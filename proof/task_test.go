@@ -191,6 +191,10 @@ func (w *world) act(principal, task, parent string, spec action.Spec, o opts) *a
 	a := action.Action{ID: id, Time: w.now(), Principal: action.Principal{ID: principal, Attestation: "test"}, Action: spec,
 		Task: action.Task{ID: task, RootID: ts.root, ParentID: ts.parent, Step: ts.version, Labels: w.labels(task),
 			Recent: slices.Clone(ts.recent), Usage: map[string]float64{}, StateVersion: ts.version}}
+	if o.parent != nil {
+		// As the gateway does: the intent records the delegation acted under.
+		a.Env = map[string]string{EnvDelegation: o.parent.claims.ID}
+	}
 	if o.action != nil {
 		o.action(&a)
 	}
@@ -420,6 +424,12 @@ func TestTaskBundleRejectsBadDelegation(t *testing.T) {
 		{name: "child with looser obligations", o: func(w *world) map[string]opts {
 			return map[string]opts{"readB": {claims: func(c *grant.Claims) { c.Obl.Timeout = action.Duration(time.Hour) }}}
 		}, check: CheckDelegation, detail: "looser"},
+		{name: "sub-agent's grant without par (escapes the scope check)", o: func(w *world) map[string]opts {
+			return map[string]opts{"readB": {claims: func(c *grant.Claims) { c.Par = nil }}}
+		}, check: CheckDelegation, detail: "names no parent"},
+		{name: "intent's delegation differs from the grant's parent", o: func(w *world) map[string]opts {
+			return map[string]opts{"readB": {action: func(a *action.Action) { a.Env[EnvDelegation] = "another-delegation" }}}
+		}, check: CheckDelegation, detail: "the intent records delegation"},
 		{name: "par.hash names another parent", o: func(w *world) map[string]opts {
 			return map[string]opts{"readB": {claims: func(c *grant.Claims) { c.Par.Hash = action.SHA256([]byte("another grant")) }}}
 		}, check: CheckDelegation, detail: "hashes to"},
