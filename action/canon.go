@@ -194,3 +194,8 @@ func appendString(b []byte, s string) ([]byte, bool) {
 	}
 	return append(b, '"'), true
 }
+
+// AppendString appends s as an RFC 8785 string when s is printable ASCII
+// (0x20-0x7e), the case where that form is simply s quoted with '"' and
+// '\' escaped. It reports false otherwise; the caller then uses Canonical.
+func AppendString(b []byte, s string) ([]byte, bool) { return appendString(b, s) }

@@ -20,15 +20,16 @@ package grant
 import (
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"regexp"
 	"time"
 
-	"github.com/etbproject/etb/action"
-	"github.com/go-jose/go-jose/v4"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/etbproject/etb/action"
 )
 
 // Type is the value of the JWS "typ" header of every grant. It is compared
@@ -201,6 +202,9 @@ type Issuer struct {
 	issuer string
 	ttl    time.Duration
 	now    func() time.Time
+	// header is the base64url protected header every grant carries:
+	// {"alg":"EdDSA","kid":KID,"typ":"grant+jwt"} in RFC 8785 form.
+	header string
 }
 
 // NewIssuer returns an Issuer signing with key as issuer. ttl is the default
@@ -216,6 +220,10 @@ func NewIssuer(key ed25519.PrivateKey, issuer string, ttl time.Duration, now fun
 	i := &Issuer{key: key, issuer: issuer, ttl: ttl, now: now}
 	if len(key) == ed25519.PrivateKeySize {
 		i.kid = KeyID(key.Public().(ed25519.PublicKey))
+		h, err := action.Canonical(map[string]string{"alg": Algorithm, "kid": i.kid, "typ": Type})
+		if err == nil {
+			i.header = base64.RawURLEncoding.EncodeToString(h)
+		}
 	}
 	return i
 }
@@ -257,24 +265,16 @@ func (i *Issuer) Issue(c Claims) (token string, claims Claims, err error) {
 	if err := c.Validate(); err != nil {
 		return "", Claims{}, fmt.Errorf("grant: issue: %w", err)
 	}
-	payload, err := action.Canonical(c)
-	if err != nil {
-		return "", Claims{}, fmt.Errorf("grant: issue: %w", err)
+	if i.header == "" {
+		return "", Claims{}, errors.New("grant: issue: no protected header (bad key)")
 	}
-	signer, err := jose.NewSigner(
-		jose.SigningKey{Algorithm: jose.EdDSA, Key: jose.JSONWebKey{Key: i.key, KeyID: i.kid}},
-		(&jose.SignerOptions{}).WithType(Type),
-	)
-	if err != nil {
-		return "", Claims{}, fmt.Errorf("grant: issue: signer: %w", err)
+	payload, ok := appendClaims(make([]byte, 0, 512), &c)
+	if !ok {
+		var err error
+		if payload, err = action.Canonical(c); err != nil {
+			return "", Claims{}, fmt.Errorf("grant: issue: %w", err)
+		}
 	}
-	jws, err := signer.Sign(payload)
-	if err != nil {
-		return "", Claims{}, fmt.Errorf("grant: issue: sign: %w", err)
-	}
-	token, err = jws.CompactSerialize()
-	if err != nil {
-		return "", Claims{}, fmt.Errorf("grant: issue: serialize: %w", err)
-	}
+	token = i.sign(payload)
 	return token, c, nil
 }
