@@ -56,6 +56,8 @@ type Gateway struct {
 	taskLocks keyedLocks
 	limitMu   sync.Mutex
 	tracer    *telemetry.Tracer
+	// stmts caches the prepared statements of the per-decision queries.
+	stmts *ledger.Statements
 }
 
 // Options adjust Open. The zero value is the embedded default.
@@ -103,7 +105,7 @@ func Open(ctx context.Context, dir string, opt Options) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &Gateway{home: h, cfg: cfg, db: db, now: now, tracer: opt.Tracer,
+	g := &Gateway{home: h, cfg: cfg, db: db, now: now, tracer: opt.Tracer, stmts: ledger.NewStatements(db),
 		grantPub: grantKey.Public().(ed25519.PublicKey), logPub: logKey.Public().(ed25519.PublicKey)}
 	g.policy.Store(pol)
 	fail := func(err error) (*Gateway, error) { g.Close(); return nil, err }
@@ -491,6 +493,15 @@ func (g *Gateway) append(ctx context.Context, ex *Execution, events []*lineage.E
 		}
 	}
 	return nil
+}
+
+// queryRow runs a query of the decision path through the statement cache.
+func (g *Gateway) queryRow(ctx context.Context, query string, args ...any) *sql.Row {
+	st, err := g.stmts.Get(ctx, query)
+	if err != nil {
+		return g.db.QueryRowContext(ctx, query, args...) // reports the same error
+	}
+	return st.QueryRowContext(ctx, args...)
 }
 
 // Summary is one execution as `etb log` shows it.

@@ -118,7 +118,7 @@ func (g *Gateway) createTaskTables(ctx context.Context) error {
 func (g *Gateway) loadTask(ctx context.Context, id, parent string) (*taskState, error) {
 	st := &taskState{id: id}
 	var anc, recent string
-	err := g.db.QueryRowContext(ctx, `SELECT root, parent, ancestors, version, recent, delegation FROM etb_tasks WHERE id = ?`, id).
+	err := g.queryRow(ctx, `SELECT root, parent, ancestors, version, recent, delegation FROM etb_tasks WHERE id = ?`, id).
 		Scan(&st.root, &st.parent, &anc, &st.version, &recent, &st.delegation)
 	switch {
 	case err == nil:
@@ -229,7 +229,7 @@ func (g *Gateway) taskLabels(ctx context.Context, tasks []string) ([]string, err
 // usage returns how much of slot was used in the window ending at now.
 func (g *Gateway) usage(ctx context.Context, slot string, window time.Duration, now time.Time) (float64, error) {
 	var used float64
-	err := g.db.QueryRowContext(ctx, `SELECT COALESCE(SUM(cost), 0) FROM etb_limit_usage WHERE slot = ? AND unix_nano > ?`,
+	err := g.queryRow(ctx, `SELECT COALESCE(SUM(cost), 0) FROM etb_limit_usage WHERE slot = ? AND unix_nano > ?`,
 		slot, now.Add(-window).UnixNano()).Scan(&used)
 	if err != nil {
 		return 0, fmt.Errorf("gateway: read usage of %s: %w", slot, err)

@@ -23,8 +23,12 @@ func OpenSQLite(ctx context.Context, path string) (*sql.DB, error) {
 	if path == "" || strings.ContainsAny(path, "?#") {
 		return nil, fmt.Errorf("ledger: sqlite path %q is empty or contains '?' or '#'", path)
 	}
+	// _txlock=immediate: every BeginTx is BEGIN IMMEDIATE, which takes the
+	// write lock at once (an append must not discover a concurrent writer
+	// halfway through its transaction).
 	dsn := "file:" + path +
-		"?_pragma=busy_timeout(10000)" +
+		"?_txlock=immediate" +
+		"&_pragma=busy_timeout(10000)" +
 		"&_pragma=journal_mode(WAL)" +
 		"&_pragma=synchronous(FULL)" +
 		"&_pragma=foreign_keys(1)"
@@ -90,7 +94,8 @@ CREATE TRIGGER IF NOT EXISTS ledger_checkpoints_undeletable BEFORE DELETE ON led
 // append's check, a replaced entry by ProveEntry, which verifies what it
 // serves, and any replaced row by Fsck.)
 type SQLiteStorage struct {
-	db *sql.DB
+	db    *sql.DB
+	stmts *Statements
 }
 
 // NewSQLiteStorage creates the ledger tables in db if they do not exist.
@@ -112,7 +117,35 @@ func NewSQLiteStorage(ctx context.Context, db *sql.DB) (*SQLiteStorage, error) {
 		rollbackConn(conn)
 		return nil, fmt.Errorf("ledger: sqlite schema: %w", err)
 	}
-	return &SQLiteStorage{db: db}, nil
+	return &SQLiteStorage{db: db, stmts: NewStatements(db)}, nil
+}
+
+// Statements caches prepared statements of one database by query text.
+// database/sql prepares each on every connection that runs it, once, and
+// keeps it there: a busy append path parses no SQL. It is safe for
+// concurrent use; the statements live as long as the database.
+type Statements struct {
+	db *sql.DB
+	m  sync.Map // query → *sql.Stmt
+}
+
+// NewStatements returns an empty cache for db.
+func NewStatements(db *sql.DB) *Statements { return &Statements{db: db} }
+
+// Get returns the prepared statement of query, preparing it on first use.
+func (s *Statements) Get(ctx context.Context, query string) (*sql.Stmt, error) {
+	if st, ok := s.m.Load(query); ok {
+		return st.(*sql.Stmt), nil
+	}
+	st, err := s.db.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	if prev, loaded := s.m.LoadOrStore(query, st); loaded {
+		st.Close()
+		return prev.(*sql.Stmt), nil
+	}
+	return st, nil
 }
 
 // rollbackConn ends any open transaction on conn; if that fails the
@@ -391,36 +424,41 @@ func (s *SQLiteStorage) CheckpointAt(ctx context.Context, size uint64) ([]byte, 
 	return n, nil
 }
 
-// BeginAppend implements Storage. It pins one pooled connection and runs
-// BEGIN IMMEDIATE on it, which takes SQLite's write lock (waiting up to the
-// busy timeout for writers in other connections or processes).
+// BeginAppend implements Storage. It begins a transaction with BEGIN
+// IMMEDIATE (the DSN's _txlock), which takes SQLite's write lock (waiting
+// up to the busy timeout for writers in other connections or processes).
 func (s *SQLiteStorage) BeginAppend(ctx context.Context) (AppendTx, error) {
-	conn, err := s.db.Conn(ctx)
+	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, fmt.Errorf("ledger: begin append: %w", err)
 	}
-	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
-		rollbackConn(conn)
-		conn.Close()
-		return nil, fmt.Errorf("ledger: begin append: %w", err)
-	}
-	return &sqliteTx{conn: conn}, nil
+	return &sqliteTx{tx: tx, stmts: s.stmts}, nil
 }
 
 type sqliteTx struct {
-	mu   sync.Mutex
-	conn *sql.Conn // nil once ended
+	mu    sync.Mutex
+	tx    *sql.Tx // nil once ended
+	stmts *Statements
 }
 
-func (t *sqliteTx) live() (*sql.Conn, error) {
-	if t.conn == nil {
+func (t *sqliteTx) live() (*sql.Tx, error) {
+	if t.tx == nil {
 		return nil, errors.New("ledger: append transaction already ended")
 	}
-	return t.conn, nil
+	return t.tx, nil
+}
+
+// exec runs query in the transaction through the statement cache.
+func (t *sqliteTx) exec(ctx context.Context, tx *sql.Tx, query string, args ...any) (sql.Result, error) {
+	st, err := t.stmts.Get(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return tx.StmtContext(ctx, st).ExecContext(ctx, args...)
 }
 
 // ExecContext runs a statement of a sidecar (see Log.AppendWith) inside the
-// append transaction.
+// append transaction. Statements are prepared once per connection.
 func (t *sqliteTx) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -428,7 +466,7 @@ func (t *sqliteTx) ExecContext(ctx context.Context, query string, args ...any) (
 	if err != nil {
 		return nil, err
 	}
-	return c.ExecContext(ctx, query, args...)
+	return t.exec(ctx, c, query, args...)
 }
 
 func (t *sqliteTx) EntryCount(ctx context.Context) (uint64, error) {
@@ -472,35 +510,19 @@ func (t *sqliteTx) Tiles(ctx context.Context, ids []TileID) ([][]byte, error) {
 	return readTiles(ctx, c, ids)
 }
 
-// insertRows inserts rows of n columns with multi-row INSERT statements.
-func insertRows(ctx context.Context, c *sql.Conn, table, cols string, n int, rows [][]any) error {
+// insertRows inserts rows of n columns with multi-row INSERT statements
+// (at most 200 rows each), through the statement cache.
+func (t *sqliteTx) insertRows(ctx context.Context, c *sql.Tx, table, cols string, n int, rows [][]any) error {
 	const perStmt = 200
-	var stmt *sql.Stmt
-	stmtRows := 0
-	defer func() {
-		if stmt != nil {
-			stmt.Close()
-		}
-	}()
 	ph := "(" + strings.TrimSuffix(strings.Repeat("?,", n), ",") + ")"
 	for start := 0; start < len(rows); start += perStmt {
 		part := rows[start:min(start+perStmt, len(rows))]
-		if stmt == nil || stmtRows != len(part) {
-			if stmt != nil {
-				stmt.Close()
-			}
-			q := "INSERT INTO " + table + " (" + cols + ") VALUES " + strings.TrimSuffix(strings.Repeat(ph+",", len(part)), ",")
-			var err error
-			if stmt, err = c.PrepareContext(ctx, q); err != nil {
-				return err
-			}
-			stmtRows = len(part)
-		}
+		q := "INSERT INTO " + table + " (" + cols + ") VALUES " + strings.TrimSuffix(strings.Repeat(ph+",", len(part)), ",")
 		args := make([]any, 0, n*len(part))
 		for _, r := range part {
 			args = append(args, r...)
 		}
-		if _, err := stmt.ExecContext(ctx, args...); err != nil {
+		if _, err := t.exec(ctx, c, q, args...); err != nil {
 			return err
 		}
 	}
@@ -524,7 +546,7 @@ func (t *sqliteTx) WriteEntries(ctx context.Context, first uint64, entries [][]b
 	if err != nil {
 		return err
 	}
-	if _, err := c.ExecContext(ctx, "INSERT INTO ledger_entries (idx, count, data) VALUES (?, ?, ?)", int64(first), int64(len(entries)), data); err != nil {
+	if _, err := t.exec(ctx, c, "INSERT INTO ledger_entries (idx, count, data) VALUES (?, ?, ?)", int64(first), int64(len(entries)), data); err != nil {
 		return fmt.Errorf("ledger: write entries [%d, %d): %w", first, first+uint64(len(entries)), err)
 	}
 	return nil
@@ -549,7 +571,7 @@ func (t *sqliteTx) WriteTiles(ctx context.Context, tiles []Tile) error {
 		}
 		rows[i] = []any{int64(tl.Level), idx, int64(w), tl.Hashes}
 	}
-	if err := insertRows(ctx, c, "ledger_tiles", "level, idx, width, hashes", 4, rows); err != nil {
+	if err := t.insertRows(ctx, c, "ledger_tiles", "level, idx, width, hashes", 4, rows); err != nil {
 		return fmt.Errorf("ledger: write %d tiles: %w", len(tiles), err)
 	}
 	return nil
@@ -566,7 +588,7 @@ func (t *sqliteTx) WriteCheckpoint(ctx context.Context, size uint64, n []byte) e
 	if err != nil {
 		return err
 	}
-	if _, err := c.ExecContext(ctx, "INSERT INTO ledger_checkpoints (size, note) VALUES (?, ?)", sz, n); err != nil {
+	if _, err := t.exec(ctx, c, "INSERT INTO ledger_checkpoints (size, note) VALUES (?, ?)", sz, n); err != nil {
 		return fmt.Errorf("ledger: write checkpoint at size %d: %w", size, err)
 	}
 	return nil
@@ -579,10 +601,9 @@ func (t *sqliteTx) Commit() error {
 	if err != nil {
 		return err
 	}
-	t.conn = nil
-	defer c.Close()
-	if _, err := c.ExecContext(context.Background(), "COMMIT"); err != nil {
-		rollbackConn(c)
+	t.tx = nil
+	if err := c.Commit(); err != nil {
+		// database/sql has rolled back or discarded the connection.
 		return fmt.Errorf("ledger: commit: %w", err)
 	}
 	return nil
@@ -591,14 +612,12 @@ func (t *sqliteTx) Commit() error {
 func (t *sqliteTx) Rollback() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.conn == nil {
+	if t.tx == nil {
 		return nil
 	}
-	c := t.conn
-	t.conn = nil
-	defer c.Close()
-	if _, err := c.ExecContext(context.Background(), "ROLLBACK"); err != nil {
-		_ = c.Raw(func(any) error { return driver.ErrBadConn })
+	c := t.tx
+	t.tx = nil
+	if err := c.Rollback(); err != nil && !errors.Is(err, sql.ErrTxDone) {
 		return fmt.Errorf("ledger: rollback: %w", err)
 	}
 	return nil
