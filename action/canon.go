@@ -3,6 +3,7 @@ package action
 import (
 	"slices"
 	"strconv"
+	"unicode/utf8"
 
 	"github.com/gowebpki/jcs"
 )
@@ -195,7 +196,101 @@ func appendString(b []byte, s string) ([]byte, bool) {
 	return append(b, '"'), true
 }
 
-// AppendString appends s as an RFC 8785 string when s is printable ASCII
-// (0x20-0x7e), the case where that form is simply s quoted with '"' and
-// '\' escaped. It reports false otherwise; the caller then uses Canonical.
-func AppendString(b []byte, s string) ([]byte, bool) { return appendString(b, s) }
+// AppendString appends s as an RFC 8785 string: '"' and '\\' escaped,
+// control characters as \b \t \n \f \r or \u00xx, everything else as is.
+// It reports false (the caller then uses Canonical) when s is not valid
+// UTF-8.
+func AppendString(b []byte, s string) ([]byte, bool) {
+	if !utf8.ValidString(s) {
+		return b, false
+	}
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c == '\b':
+			b = append(b, '\\', 'b')
+		case c == '\t':
+			b = append(b, '\\', 't')
+		case c == '\n':
+			b = append(b, '\\', 'n')
+		case c == '\f':
+			b = append(b, '\\', 'f')
+		case c == '\r':
+			b = append(b, '\\', 'r')
+		case c < 0x20:
+			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		default:
+			b = append(b, c)
+		}
+	}
+	return append(b, '"'), true
+}
+
+// AppendStrings appends l as an RFC 8785 array of strings ("null" for a
+// nil l, as encoding/json writes it).
+func AppendStrings(b []byte, l []string) ([]byte, bool) {
+	if l == nil {
+		return append(b, "null"...), true
+	}
+	b = append(b, '[')
+	for i, s := range l {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		var ok bool
+		if b, ok = AppendString(b, s); !ok {
+			return b, false
+		}
+	}
+	return append(b, ']'), true
+}
+
+// AppendCanonical appends the RFC 8785 form of o when it holds only scalar
+// obligations (timeout, limits, cwd): each member omitted when zero, keys
+// sorted. It reports false for path, network or environment scopes, or a
+// number beyond 2^53; the caller then uses Canonical.
+func (o Obligations) AppendCanonical(b []byte) ([]byte, bool) {
+	if o.FS != nil || o.Net != nil || o.Env != nil {
+		return b, false
+	}
+	ok := true
+	b = append(b, '{')
+	member := func(name string) {
+		if b[len(b)-1] != '{' {
+			b = append(b, ',')
+		}
+		b = append(b, '"')
+		b = append(b, name...)
+		b = append(b, '"', ':')
+	}
+	unum := func(name string, v uint64) {
+		if v == 0 {
+			return
+		}
+		member(name)
+		ok = ok && v < maxExactInt
+		b = strconv.AppendUint(b, v, 10)
+	}
+	str := func(name, v string) {
+		if v == "" {
+			return
+		}
+		member(name)
+		var good bool
+		b, good = AppendString(b, v)
+		ok = ok && good
+	}
+	unum("cpu_seconds", o.CPUSeconds)
+	str("cwd", o.Cwd)
+	unum("max_file_bytes", o.MaxFileBytes)
+	unum("max_processes", o.MaxProcesses)
+	unum("memory_bytes", o.MemoryBytes)
+	if o.Timeout != 0 {
+		str("timeout", o.Timeout.D().String())
+	}
+	return append(b, '}'), ok
+}

@@ -2,10 +2,14 @@ package gateway
 
 import (
 	"context"
+	"crypto/ed25519"
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/etbproject/etb/action"
 	"github.com/etbproject/etb/grant"
+	"github.com/etbproject/etb/ledger"
 	"github.com/etbproject/etb/lineage"
 	"github.com/etbproject/etb/policy"
 )
@@ -34,17 +38,33 @@ func (ex *Execution) Approve(ctx context.Context, ticket, approver, comment stri
 		return err
 	}
 	g := ex.g
-	token, claims, err := g.issuer.Issue(grant.Claims{
-		Subject: ex.Action.Principal.ID, Audience: g.cfg.Enforcer, Txn: ex.Action.Task.RootID,
-		ADG: ex.Digest, Pol: ex.Decision.Policy.BundleHash, Obl: ex.Decision.Obligations, Execution: ex.ID,
-	})
-	if err != nil {
+	fail := func(err error) error {
 		err = fmt.Errorf("gateway: issue grant for approved %s: %w", ex.ID, err)
 		if rerr := ex.recordAs(ctx, lineage.TypeInterrupt, g.cfg.Issuer, lineage.InterruptBody{Reason: "grant_failed", Detail: err.Error()}); rerr != nil {
 			return fmt.Errorf("%w; and recording that failed: %w", err, rerr)
 		}
 		return err
 	}
+	// As the service's grantApproved: a sub-agent's approved action gets
+	// a child of its delegation, and what it spends counts against its
+	// limits as a permit's would.
+	parent, err := g.parentDelegation(ctx, ex)
+	if err != nil {
+		return fail(err)
+	}
+	c, err := g.grantClaims(&ex.Action, ex.Digest, ex.Decision, beginOptions{delegation: parent})
+	if err != nil {
+		return fail(err)
+	}
+	token, claims, err := g.issueChecked(c, parent)
+	if err != nil {
+		return fail(err)
+	}
+	slots, err := g.Policy().LimitSlots(ctx, &ex.Action)
+	if err != nil {
+		return fail(err)
+	}
+	ex.approvedUse = slots
 	// The grant's index row is written from ex (in the same transaction).
 	ex.Token, ex.Claims = token, &claims
 	if err := ex.recordAs(ctx, lineage.TypeGrant, g.cfg.Issuer, lineage.GrantBody{JTI: claims.ID, TokenSHA256: grant.TokenHash(token),
@@ -78,4 +98,89 @@ func (ex *Execution) recordAs(ctx context.Context, typ, actor string, body any) 
 		return err
 	}
 	return ex.g.append(ctx, ex, []*lineage.Event{e}, [][]byte{b})
+}
+
+// ErrStartNotDurable is the error of AuthorizeStart when the grant
+// verified but the start and the jti could not be committed (a storage
+// failure); a jti used before is grant.ErrReplayed instead.
+var ErrStartNotDurable = errors.New("gateway: the start could not be made durable")
+
+// AuthorizeStart is Authorize followed by Record of start, made durable
+// together in one ledger transaction: the grant is checked completely
+// (signature, type, algorithm, time, audience, and the action digest
+// recomputed from what is about to run) first, then the start event, its
+// index rows and the grant's jti (single use, in the replay store's table
+// grant_jti) are committed at once. Either both are durable or neither
+// is; a jti used before fails the whole transaction (an error wrapping
+// grant.ErrReplayed) and no start is recorded. It saves one synced commit
+// per governed request over Authorize then Record.
+//
+// An error means the request must not be forwarded. The caller records
+// the refusal (an interrupt) as after a failed Authorize.
+func (ex *Execution) AuthorizeStart(ctx context.Context, recomputedDigest string, start lineage.StartBody) error {
+	if ex.Token == "" {
+		return fmt.Errorf("gateway: execution %s has no grant (decision %s)", ex.ID, ex.Decision.Decision)
+	}
+	g := ex.g
+	var use deferredUse
+	v := grant.NewVerifier(map[string]ed25519.PublicKey{grant.KeyID(g.grantPub): g.grantPub}, &use, g.cfg.ClockSkew.D(), g.now)
+	claims, err := v.Verify(ctx, ex.Token, grant.Expect{Audience: g.cfg.Enforcer, ADG: recomputedDigest})
+	if err != nil {
+		return err
+	}
+	if use.jti != claims.ID {
+		return fmt.Errorf("gateway: execution %s: the verifier did not reach the single-use check of jti %s", ex.ID, claims.ID)
+	}
+	if start.GrantJTI == "" {
+		start.GrantJTI = claims.ID
+	}
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	saved := *ex.chain
+	e, b, err := ex.chain.Next(lineage.TypeStart, g.cfg.Enforcer, action.FormatTime(g.now()), start)
+	if err != nil {
+		return err
+	}
+	events := []*lineage.Event{e}
+	_, err = g.log.AppendWith(ctx, func(ctx context.Context, tx ledger.AppendTx, first uint64) error {
+		x, ok := tx.(ledger.SQLExecer)
+		if !ok {
+			return errors.New("gateway: the ledger's storage cannot hold the index")
+		}
+		// The statement of grant.SQLiteReplayStore.Use, in this
+		// transaction.
+		res, err := x.ExecContext(ctx, `INSERT INTO grant_jti (jti, exp) VALUES (?, ?) ON CONFLICT (jti) DO NOTHING`, use.jti, use.exp.Unix())
+		if err != nil {
+			return fmt.Errorf("grant: replay store: record jti %s: %w", use.jti, err)
+		}
+		if n, err := res.RowsAffected(); err != nil || n != 1 {
+			return errors.Join(fmt.Errorf("grant: jti %s: %w: jti %s was used before", use.jti, grant.ErrReplayed, use.jti), err)
+		}
+		return g.writeIndex(ctx, x, ex, events, first)
+	}, b)
+	if err != nil {
+		// Nothing is durable: the chain goes back to before the start, so
+		// that the interrupt recording the refusal links to what the
+		// ledger holds.
+		*ex.chain = saved
+		if errors.Is(err, grant.ErrReplayed) {
+			return fmt.Errorf("gateway: execution %s: %w", ex.ID, err)
+		}
+		return fmt.Errorf("%w: execution %s: %w", ErrStartNotDurable, ex.ID, err)
+	}
+	ex.started = true
+	return nil
+}
+
+// deferredUse is a grant.ReplayStore that only notes the jti the verifier
+// would consume, so that AuthorizeStart consumes it in the ledger's
+// transaction instead.
+type deferredUse struct {
+	jti string
+	exp time.Time
+}
+
+func (d *deferredUse) Use(_ context.Context, jti string, exp time.Time) error {
+	d.jti, d.exp = jti, exp
+	return nil
 }

@@ -270,6 +270,7 @@ func (g *Gateway) begin(ctx context.Context, a *action.Action, opt beginOptions)
 			return nil, err
 		}
 	}
+	fresh := in.Task.ID == "" && in.Task.ParentID == ""
 	if in.Task.ID == "" {
 		in.Task.ID = in.ID
 		if in.Action.Kind == KindDelegate {
@@ -297,7 +298,7 @@ func (g *Gateway) begin(ctx context.Context, a *action.Action, opt beginOptions)
 	}
 	// Decisions of one task are serialised from reading its state to the
 	// durable append of the decision (see task.go).
-	unlockTask, st, err := g.lockTask(ctx, in.Task.ID, in.Task.ParentID)
+	unlockTask, st, err := g.lockTask(ctx, in.Task.ID, in.Task.ParentID, fresh && a.ID == "")
 	if err != nil {
 		return nil, err
 	}

@@ -174,8 +174,13 @@ func (g *Gateway) loadTask(ctx context.Context, id, parent string) (*taskState, 
 // the one order every caller uses, so locks cannot deadlock): a label an
 // ancestor gains is a change of this task's state too. It returns the
 // task's state read under the locks.
-func (g *Gateway) lockTask(ctx context.Context, id, parent string) (func(), *taskState, error) {
+func (g *Gateway) lockTask(ctx context.Context, id, parent string, fresh bool) (func(), *taskState, error) {
 	unlock := g.taskLocks.lock(id)
+	if fresh {
+		// A task id the gateway just made up (the execution's own): no
+		// state to read.
+		return unlock, &taskState{id: id, root: id, ancestors: []string{}, labels: []string{}, recent: []action.Recent{}}, nil
+	}
 	st, err := g.loadTask(ctx, id, parent)
 	if err != nil || len(st.ancestors) == 0 {
 		if err != nil {

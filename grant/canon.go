@@ -21,7 +21,7 @@ const maxExactInt = 1 << 53
 // TestAppendClaimsMatchesJCS checks the two agree. Keys are in the sorted
 // order RFC 8785 requires (all are ASCII, so byte order).
 func appendClaims(b []byte, c *Claims) ([]byte, bool) {
-	if c.Scp != nil || c.Obl.FS != nil || c.Obl.Net != nil || c.Obl.Env != nil {
+	if c.Scp != nil {
 		return b, false
 	}
 	ok := true
@@ -35,12 +35,6 @@ func appendClaims(b []byte, c *Claims) ([]byte, bool) {
 			ok = false
 		}
 		b = strconv.AppendInt(b, v, 10)
-	}
-	unum := func(v uint64) {
-		if v >= maxExactInt {
-			ok = false
-		}
-		b = strconv.AppendUint(b, v, 10)
 	}
 	b = append(b, `{"adg":`...)
 	str(c.ADG)
@@ -65,45 +59,10 @@ func appendClaims(b []byte, c *Claims) ([]byte, bool) {
 	str(c.ID)
 	b = append(b, `,"nbf":`...)
 	num(c.NotBefore)
-	// Obligations: only scalar members here, each omitted when zero.
-	o := c.Obl
-	b = append(b, `,"obl":{`...)
-	sep := func() {
-		if b[len(b)-1] != '{' {
-			b = append(b, ',')
-		}
-	}
-	if o.CPUSeconds != 0 {
-		sep()
-		b = append(b, `"cpu_seconds":`...)
-		unum(o.CPUSeconds)
-	}
-	if o.Cwd != "" {
-		sep()
-		b = append(b, `"cwd":`...)
-		str(o.Cwd)
-	}
-	if o.MaxFileBytes != 0 {
-		sep()
-		b = append(b, `"max_file_bytes":`...)
-		unum(o.MaxFileBytes)
-	}
-	if o.MaxProcesses != 0 {
-		sep()
-		b = append(b, `"max_processes":`...)
-		unum(o.MaxProcesses)
-	}
-	if o.MemoryBytes != 0 {
-		sep()
-		b = append(b, `"memory_bytes":`...)
-		unum(o.MemoryBytes)
-	}
-	if o.Timeout != 0 {
-		sep()
-		b = append(b, `"timeout":`...)
-		str(o.Timeout.D().String())
-	}
-	b = append(b, '}')
+	b = append(b, `,"obl":`...)
+	var good bool
+	b, good = c.Obl.AppendCanonical(b)
+	ok = ok && good
 	if c.Par != nil {
 		b = append(b, `,"par":{"hash":`...)
 		str(c.Par.Hash)

@@ -55,9 +55,9 @@ func TestAppendClaimsMatchesJCS(t *testing.T) {
 	base := benchClaims()
 	base.Issuer, base.IssuedAt, base.NotBefore, base.Expiry, base.ID = "spiffe://etb.local/gateway/local", 1700000000, 1700000000, 1700000060, "0123456789abcdef0123456789abcdef"
 	cases := map[string]func(c *Claims){
-		"base":             func(c *Claims) {},
-		"no cnf, no txn":   func(c *Claims) { c.Cnf, c.Txn = nil, "" },
-		"par and depth":    func(c *Claims) { c.Par = &Parent{JTI: "p", Hash: "sha256:00"}; c.Depth = 3 },
+		"base":           func(c *Claims) {},
+		"no cnf, no txn": func(c *Claims) { c.Cnf, c.Txn = nil, "" },
+		"par and depth":  func(c *Claims) { c.Par = &Parent{JTI: "p", Hash: "sha256:00"}; c.Depth = 3 },
 		"every scalar obl": func(c *Claims) {
 			c.Obl = action.Obligations{Timeout: action.Duration(90 * time.Second), CPUSeconds: 2, MemoryBytes: 1 << 30, MaxProcesses: 64, MaxFileBytes: 1 << 20, Cwd: "/tmp/x"}
 		},
@@ -65,6 +65,8 @@ func TestAppendClaimsMatchesJCS(t *testing.T) {
 		"escapes":            func(c *Claims) { c.Subject = `spiffe://etb.local/a"b\c` },
 		"sub-millisecond":    func(c *Claims) { c.Obl.Timeout = action.Duration(1500 * time.Microsecond) },
 		"negative timestamp": func(c *Claims) { c.NotBefore = -5 },
+		"non-ASCII":          func(c *Claims) { c.Subject = "spiffe://etb.local/é\u2028" },
+		"control byte":       func(c *Claims) { c.ID = "a\nb\x01" },
 	}
 	for name, mod := range cases {
 		c := base
@@ -79,13 +81,12 @@ func TestAppendClaimsMatchesJCS(t *testing.T) {
 		}
 	}
 	declined := map[string]func(c *Claims){
-		"scope":        func(c *Claims) { c.Scp = &Scope{Actions: []ScopeAction{{Kind: "k", Name: "n"}}} },
-		"fs scope":     func(c *Claims) { c.Obl.FS = &action.FSScope{Read: []string{"/"}} },
-		"net scope":    func(c *Claims) { c.Obl.Net = &action.NetScope{Allow: []string{"h:1"}} },
-		"env scope":    func(c *Claims) { c.Obl.Env = &action.EnvScope{Allow: []string{"PATH"}} },
-		"non-ASCII":    func(c *Claims) { c.Subject = "spiffe://etb.local/é" },
-		"control byte": func(c *Claims) { c.ID = "a\nb" },
-		"huge number":  func(c *Claims) { c.Obl.MemoryBytes = 1 << 60 },
+		"scope":         func(c *Claims) { c.Scp = &Scope{Actions: []ScopeAction{{Kind: "k", Name: "n"}}} },
+		"fs scope":      func(c *Claims) { c.Obl.FS = &action.FSScope{Read: []string{"/"}} },
+		"net scope":     func(c *Claims) { c.Obl.Net = &action.NetScope{Allow: []string{"h:1"}} },
+		"env scope":     func(c *Claims) { c.Obl.Env = &action.EnvScope{Allow: []string{"PATH"}} },
+		"invalid UTF-8": func(c *Claims) { c.Subject = "spiffe://etb.local/\xff" },
+		"huge number":   func(c *Claims) { c.Obl.MemoryBytes = 1 << 60 },
 	}
 	for name, mod := range declined {
 		c := base

@@ -1,6 +1,10 @@
 package lineage
 
-import "github.com/etbproject/etb/action"
+import (
+	"strconv"
+
+	"github.com/etbproject/etb/action"
+)
 
 // IntentBody is the body of an intent event: the whole action as evaluated,
 // and its digest.
@@ -80,3 +84,26 @@ type RevocationBody struct {
 	Scope      string `json:"scope"`
 	Value      string `json:"value"`
 }
+
+// AppendCanonical implements CanonicalAppender.
+func (g GrantBody) AppendCanonical(b []byte) ([]byte, bool) {
+	ok, good := true, true
+	str := func(name, v string) {
+		b = append(b, name...)
+		b, good = action.AppendString(b, v)
+		ok = ok && good
+	}
+	str(`{"adg":`, g.ADG)
+	str(`,"aud":`, g.Aud)
+	b = append(b, `,"exp":`...)
+	b = strconv.AppendInt(b, g.Exp, 10)
+	ok = ok && g.Exp > -maxExactInt && g.Exp < maxExactInt
+	str(`,"jti":`, g.JTI)
+	str(`,"pol":`, g.Pol)
+	str(`,"token_sha256":`, g.TokenSHA256)
+	return append(b, '}'), ok
+}
+
+// maxExactInt is 2^53: RFC 8785 prints integers of smaller magnitude as
+// plain decimals.
+const maxExactInt = 1 << 53

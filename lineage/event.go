@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/etbproject/etb/action"
 )
@@ -223,15 +222,18 @@ func (e *Event) envelope() ([]byte, bool) {
 		b = append(b, ',', '"')
 		b = append(b, key...)
 		b = append(b, '"', ':')
-		return appendJCSString(&b, v)
+		var ok bool
+		b, ok = action.AppendString(b, v)
+		return ok
 	}
 	b = append(b, `{"actor":`...)
-	if !appendJCSString(&b, e.Actor) {
+	var ok bool
+	if b, ok = action.AppendString(b, e.Actor); !ok {
 		return nil, false
 	}
 	b = append(b, `,"body":`...)
 	b = append(b, e.Body...)
-	ok := str("execution", e.Execution) && str("parent", e.Parent) && str("prev", e.Prev)
+	ok = str("execution", e.Execution) && str("parent", e.Parent) && str("prev", e.Prev)
 	b = append(b, `,"seq":`...)
 	b = strconv.AppendInt(b, e.Seq, 10)
 	ok = ok && str("task", e.Task) && str("time", e.Time) && str("type", e.Type) && str("v", e.V)
@@ -239,50 +241,30 @@ func (e *Event) envelope() ([]byte, bool) {
 	return b, ok
 }
 
-// appendJCSString appends s as an RFC 8785 string: '"' and '\\' escaped,
-// control characters as \b \t \n \f \r or \u00xx, everything else as is.
-func appendJCSString(b *[]byte, s string) bool {
-	if !utf8.ValidString(s) {
-		return false
-	}
-	const hex = "0123456789abcdef"
-	out := append(*b, '"')
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '"' || c == '\\':
-			out = append(out, '\\', c)
-		case c == '\b':
-			out = append(out, '\\', 'b')
-		case c == '\t':
-			out = append(out, '\\', 't')
-		case c == '\n':
-			out = append(out, '\\', 'n')
-		case c == '\f':
-			out = append(out, '\\', 'f')
-		case c == '\r':
-			out = append(out, '\\', 'r')
-		case c < 0x20:
-			out = append(out, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-		default:
-			out = append(out, c)
-		}
-	}
-	*b = append(out, '"')
-	return true
-}
-
 // canonicalBody is action.Canonical(body), written directly for the intent
 // body (the largest, on every execution) when its action allows it.
 func canonicalBody(body any) ([]byte, error) {
-	if ib, ok := body.(IntentBody); ok {
-		b, ok := action.AppendCanonical(append(make([]byte, 0, 1024), `{"action":`...), &ib.Action)
+	switch v := body.(type) {
+	case IntentBody:
+		b, ok := action.AppendCanonical(append(make([]byte, 0, 1024), `{"action":`...), &v.Action)
 		if ok {
 			b = append(b, `,"action_digest":`...)
-			if appendJCSString(&b, ib.ActionDigest) {
+			if b, ok = action.AppendString(b, v.ActionDigest); ok {
 				return append(b, '}'), nil
 			}
 		}
+	case CanonicalAppender:
+		if b, ok := v.AppendCanonical(make([]byte, 0, 512)); ok {
+			return b, nil
+		}
 	}
 	return action.Canonical(body)
+}
+
+// CanonicalAppender is implemented by event bodies that write their RFC
+// 8785 form directly (the generic path re-parses encoding/json's output).
+// AppendCanonical reports false when it cannot, and the generic path is
+// used; it must otherwise produce exactly what action.Canonical does.
+type CanonicalAppender interface {
+	AppendCanonical(b []byte) ([]byte, bool)
 }

@@ -145,3 +145,21 @@ func TestIntentBodyFastPathIsCanonical(t *testing.T) {
 		}
 	}
 }
+
+// The direct encoding of a grant body is the generic RFC 8785 one.
+func TestGrantBodyAppendCanonicalMatchesJCS(t *testing.T) {
+	for _, g := range []GrantBody{
+		{JTI: "j", TokenSHA256: "sha256:00", ADG: "sha256:11", Pol: "sha256:22", Aud: "spiffe://etb.local/enforcer/x", Exp: 1700000000},
+		{},
+		{JTI: "é\"\\\n", Exp: -3},
+	} {
+		got, ok := g.AppendCanonical(nil)
+		want, err := action.Canonical(g)
+		if err != nil || !ok || string(got) != string(want) {
+			t.Errorf("%+v: ok=%v %v\n got %s\nwant %s", g, ok, err, got, want)
+		}
+	}
+	if _, ok := (GrantBody{Exp: 1 << 60}).AppendCanonical(nil); ok {
+		t.Error("a number beyond 2^53 took the direct path")
+	}
+}
