@@ -238,7 +238,7 @@ func writeGrantLinks(ctx context.Context, tx ledger.SQLExecer, ex *Execution) er
 	if c.Scp != nil {
 		isDelegation = 1
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO etb_grant_links(jti, parent, execution, delegator, task, delegation) VALUES(?,?,?,?,?,?)`,
+	if err := insertRow(ctx, tx, "etb_grant_links", "jti, parent, execution, delegator, task, delegation",
 		c.ID, parent, ex.ID, ex.Action.Principal.ID, ex.Action.Task.ID, isDelegation); err != nil {
 		return fmt.Errorf("gateway: record the lineage of grant %s: %w", c.ID, err)
 	}
@@ -250,8 +250,8 @@ func writeGrantLinks(ctx context.Context, tx ledger.SQLExecer, ex *Execution) er
 	if err != nil {
 		return err
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO etb_tasks(id, root, parent, ancestors, version, recent, delegation, created) VALUES(?,?,?,?,0,'[]',?,?)`,
-		ex.ID, ex.Action.Task.RootID, ex.Action.Task.ID, string(ancJSON), c.ID, ex.Action.Time); err != nil {
+	if err := insertRow(ctx, tx, "etb_tasks", "id, root, parent, ancestors, version, recent, delegation, created",
+		ex.ID, ex.Action.Task.RootID, ex.Action.Task.ID, string(ancJSON), 0, "[]", c.ID, ex.Action.Time); err != nil {
 		return fmt.Errorf("gateway: create the task of delegation %s: %w", ex.ID, err)
 	}
 	return nil

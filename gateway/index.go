@@ -65,7 +65,7 @@ func (g *Gateway) writeIndex(ctx context.Context, tx ledger.SQLExecer, ex *Execu
 			// The intent's batch also holds the decision (Begin appends
 			// them together): one row with both.
 			a := ex.Action
-			if _, err := tx.ExecContext(ctx, `INSERT INTO etb_executions(id, time, agent, task, kind, name, args, decision, rules) VALUES(?,?,?,?,?,?,?,?,?)`,
+			if err := insertRow(ctx, tx, "etb_executions", "id, time, agent, task, kind, name, args, decision, rules",
 				ex.ID, a.Time, a.Principal.ID, a.Task.ID, a.Action.Kind, a.Action.Name, summarize(a),
 				ex.Decision.Decision, strings.Join(ex.Decision.Rules, ",")); err != nil {
 				return fmt.Errorf("gateway: index execution %s: %w", ex.ID, err)
@@ -78,7 +78,7 @@ func (g *Gateway) writeIndex(ctx context.Context, tx ledger.SQLExecer, ex *Execu
 				}
 			}
 		case lineage.TypeGrant:
-			if _, err := tx.ExecContext(ctx, `INSERT INTO etb_grants(jti, execution, token) VALUES(?,?,?)`, ex.Claims.ID, ex.ID, ex.Token); err != nil {
+			if err := insertRow(ctx, tx, "etb_grants", "jti, execution, token", ex.Claims.ID, ex.ID, ex.Token); err != nil {
 				return fmt.Errorf("gateway: index grant of %s: %w", ex.ID, err)
 			}
 		}
@@ -92,11 +92,24 @@ func (g *Gateway) writeIndex(ctx context.Context, tx ledger.SQLExecer, ex *Execu
 			return fmt.Errorf("gateway: index outcome of %s: %w", ex.ID, err)
 		}
 	}
-	q := `INSERT INTO etb_events(execution, seq, idx, type) VALUES` + strings.TrimSuffix(strings.Repeat("(?,?,?,?),", len(events)), ",")
-	if _, err := tx.ExecContext(ctx, q, args...); err != nil {
-		return fmt.Errorf("gateway: index events of %s: %w", ex.ID, err)
+	for i := 0; i < len(args); i += 4 {
+		if err := insertRow(ctx, tx, "etb_events", "execution, seq, idx, type", args[i:i+4]...); err != nil {
+			return fmt.Errorf("gateway: index events of %s: %w", ex.ID, err)
+		}
 	}
 	return nil
+}
+
+// insertRow inserts one row in the ledger's append transaction: deferred
+// into the batch's multi-row INSERT when the storage can (ledger.RowWriter),
+// one statement otherwise.
+func insertRow(ctx context.Context, tx ledger.SQLExecer, table, columns string, values ...any) error {
+	if rw, ok := tx.(ledger.RowWriter); ok {
+		return rw.AddRow(table, columns, values...)
+	}
+	q := "INSERT INTO " + table + "(" + columns + ") VALUES(" + strings.TrimSuffix(strings.Repeat("?,", len(values)), ",") + ")"
+	_, err := tx.ExecContext(ctx, q, values...)
+	return err
 }
 
 // List returns the most recent executions, newest first.

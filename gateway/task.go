@@ -266,7 +266,7 @@ func writeTaskDecision(ctx context.Context, tx ledger.SQLExecer, ex *Execution, 
 		if err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO etb_tasks(id, root, parent, ancestors, version, recent, delegation, created) VALUES(?,?,?,?,?,?,?,?)`,
+		if err := insertRow(ctx, tx, "etb_tasks", "id, root, parent, ancestors, version, recent, delegation, created",
 			st.id, st.root, st.parent, string(anc), st.version+1, string(recent), st.delegation, ex.Action.Time); err != nil {
 			return fmt.Errorf("gateway: create task %s: %w", st.id, err)
 		}
@@ -284,7 +284,7 @@ func writeTaskDecision(ctx context.Context, tx ledger.SQLExecer, ex *Execution, 
 	}
 	if ex.Decision.Decision == policy.Permit || ex.Decision.Decision == policy.RequireApproval {
 		for _, r := range ex.Decision.Reservations {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO etb_limit_usage(slot, execution, cost, unix_nano) VALUES(?,?,?,?)`,
+			if err := insertRow(ctx, tx, "etb_limit_usage", "slot, execution, cost, unix_nano",
 				r.Slot, ex.ID, r.Cost, when.UnixNano()); err != nil {
 				return fmt.Errorf("gateway: reserve %v of %s: %w", r.Cost, r.Slot, err)
 			}

@@ -141,6 +141,18 @@ type SQLExecer interface {
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 }
 
+// RowWriter is implemented by the AppendTx of SQL storage, for sidecars: a
+// row added is inserted later in the same transaction, with the rows every
+// sidecar of the batch added to the same table and columns, in multi-row
+// INSERT statements (one per table instead of one per request: most of the
+// cost of an index is per statement). Pending rows are inserted before any
+// other statement of the transaction runs (so statements keep their order)
+// and before it commits; an insert that fails fails the batch, like any
+// sidecar error.
+type RowWriter interface {
+	AddRow(table, columns string, values ...any) error
+}
+
 // AppendWith is Append, running side (if non-nil) in the same transaction
 // as the entries: both are durable together or not at all. If side fails,
 // the whole batch it was grouped into fails and nothing of it is written.

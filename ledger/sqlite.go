@@ -439,6 +439,48 @@ type sqliteTx struct {
 	mu    sync.Mutex
 	tx    *sql.Tx // nil once ended
 	stmts *Statements
+	// pending are the rows AddRow deferred, by table and columns, in the
+	// order those were first used.
+	pending []*pendingRows
+}
+
+// pendingRows are rows for one table and column list.
+type pendingRows struct {
+	table, columns string
+	n              int // values per row
+	rows           [][]any
+}
+
+// AddRow implements RowWriter.
+func (t *sqliteTx) AddRow(table, columns string, values ...any) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, err := t.live(); err != nil {
+		return err
+	}
+	if len(values) == 0 || strings.Count(columns, ",")+1 != len(values) {
+		return fmt.Errorf("ledger: row for %s(%s) has %d values", table, columns, len(values))
+	}
+	for _, p := range t.pending {
+		if p.table == table && p.columns == columns {
+			p.rows = append(p.rows, values)
+			return nil
+		}
+	}
+	t.pending = append(t.pending, &pendingRows{table: table, columns: columns, n: len(values), rows: [][]any{values}})
+	return nil
+}
+
+// flush inserts the pending rows. The caller holds t.mu.
+func (t *sqliteTx) flush(ctx context.Context, c *sql.Tx) error {
+	pending := t.pending
+	t.pending = nil
+	for _, p := range pending {
+		if err := t.insertRows(ctx, c, p.table, p.columns, p.n, p.rows); err != nil {
+			return fmt.Errorf("ledger: insert %d rows into %s: %w", len(p.rows), p.table, err)
+		}
+	}
+	return nil
 }
 
 func (t *sqliteTx) live() (*sql.Tx, error) {
@@ -464,6 +506,9 @@ func (t *sqliteTx) ExecContext(ctx context.Context, query string, args ...any) (
 	defer t.mu.Unlock()
 	c, err := t.live()
 	if err != nil {
+		return nil, err
+	}
+	if err := t.flush(ctx, c); err != nil {
 		return nil, err
 	}
 	return t.exec(ctx, c, query, args...)
@@ -510,13 +555,21 @@ func (t *sqliteTx) Tiles(ctx context.Context, ids []TileID) ([][]byte, error) {
 	return readTiles(ctx, c, ids)
 }
 
-// insertRows inserts rows of n columns with multi-row INSERT statements
-// (at most 200 rows each), through the statement cache.
+// insertRows inserts rows of n columns with multi-row INSERT statements,
+// through the statement cache: chunks of 256, 64, 16, 4 or 1 rows, so few
+// distinct statements are ever prepared.
 func (t *sqliteTx) insertRows(ctx context.Context, c *sql.Tx, table, cols string, n int, rows [][]any) error {
-	const perStmt = 200
 	ph := "(" + strings.TrimSuffix(strings.Repeat("?,", n), ",") + ")"
-	for start := 0; start < len(rows); start += perStmt {
-		part := rows[start:min(start+perStmt, len(rows))]
+	for start := 0; start < len(rows); {
+		size := 1
+		for _, s := range []int{256, 64, 16, 4} {
+			if len(rows)-start >= s && s*n <= 32000 {
+				size = s
+				break
+			}
+		}
+		part := rows[start : start+size]
+		start += size
 		q := "INSERT INTO " + table + " (" + cols + ") VALUES " + strings.TrimSuffix(strings.Repeat(ph+",", len(part)), ",")
 		args := make([]any, 0, n*len(part))
 		for _, r := range part {
@@ -602,6 +655,10 @@ func (t *sqliteTx) Commit() error {
 		return err
 	}
 	t.tx = nil
+	if err := t.flush(context.Background(), c); err != nil {
+		c.Rollback()
+		return err
+	}
 	if err := c.Commit(); err != nil {
 		// database/sql has rolled back or discarded the connection.
 		return fmt.Errorf("ledger: commit: %w", err)
