@@ -20,7 +20,9 @@
 // Run hashes the executable through an open file and executes that same open
 // file (passed to the child as descriptor 3 and executed as /proc/self/fd/3,
 // fexecve-style), so renaming or replacing the path after the check cannot
-// swap the program. Two consequences for the command: descriptor 3 is open on
+// swap the program; in a sandbox the same open file is handed to the
+// sandbox helper, which executes it the same way (sandbox.CommandFile).
+// Two consequences for the command: descriptor 3 is open on
 // its own executable (the kernel needs it to run #! scripts), and a script
 // sees /proc/self/fd/3 as $0. The interpreter of a #! script is not hashed;
 // only the script is. What remains open is an in-place rewrite of the same
@@ -99,9 +101,10 @@ type Command struct {
 	// Sandbox, when non-nil, runs the command confined by the kernel
 	// (package sandbox): namespaces, rlimits, seccomp, Landlock, egress
 	// proxy. The caller must have checked that the host can enforce it
-	// (sandbox.Check). Inside a sandbox the program is executed by its
-	// resolved path, after Run has re-hashed it (the open-file execution
-	// of the unsandboxed path is not carried through the sandbox helper).
+	// (sandbox.Check). Inside a sandbox too, the program executed is the
+	// open file Run hashed (sandbox.CommandFile), at descriptor 3 of the
+	// command as without a sandbox; a Landlock exec list must allow the
+	// program's resolved path.
 	Sandbox *sandbox.Spec
 }
 

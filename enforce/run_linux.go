@@ -120,12 +120,13 @@ func start(ctx context.Context, cmd Command, spec action.Spec, prog *os.File, on
 	}
 	if cmd.Sandbox != nil {
 		// The sandbox helper becomes PID 1 of new namespaces and executes
-		// the target by its resolved path; killing it kills the namespace.
+		// the same open, hashed file (as the target's /proc/self/fd/3);
+		// killing the helper kills the namespace.
 		s := *cmd.Sandbox
 		if s.Dir == "" {
 			s.Dir = spec.Target.Cwd
 		}
-		sc, err := sandbox.Command(ctx, s, spec.Target.Program, slices.Clone(argv), env)
+		sc, err := sandbox.CommandFile(ctx, s, prog, slices.Clone(argv), env)
 		if err != nil {
 			return Result{}, fmt.Errorf("enforce: run %q in its sandbox: %w", argv[0], err)
 		}

@@ -2,7 +2,8 @@ package sandbox
 
 import (
 	"context"
-	"encoding/json"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,45 +11,20 @@ import (
 	"strconv"
 	"syscall"
 
+	"github.com/etbproject/etb/enforce/sandbox/internal/stage"
+	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 )
 
-// Environment variables that carry the helper's stage and configuration.
-// They are set only in the helper's own environment, never in the target's.
+// Stages of the re-executed binary. The init stage is run by package
+// stage from its init function (before the rest of the binary is
+// initialised); the probe stage by MaybeRunHelper.
 const (
-	envStage  = "ETB_SANDBOX_STAGE"
-	envConfig = "ETB_SANDBOX_CONFIG"
-)
-
-// Stages of the re-executed binary.
-const (
-	stageInit  = "init"  // PID 1: sets up, starts the target, reaps
+	envStage   = stage.EnvStage
 	stageProbe = "probe" // Probe: checks one namespace combination
+	exitSetup  = stage.ExitSetup
+	helperName = "etb-sandbox-init"
 )
-
-// exitSetup is the helper's exit status when the sandbox could not be set up
-// and the target never ran.
-const exitSetup = 125
-
-// helperConfig is what the helper needs, passed as JSON in envConfig.
-type helperConfig struct {
-	Path string   `json:"path"`
-	Argv []string `json:"argv"`
-	Env  []string `json:"env"`
-
-	CPUSeconds   uint64 `json:"cpu_seconds,omitempty"`
-	MemoryBytes  uint64 `json:"memory_bytes,omitempty"`
-	MaxProcesses uint64 `json:"max_processes,omitempty"`
-	MaxFileBytes uint64 `json:"max_file_bytes,omitempty"`
-
-	// Resolved allow-lists; nil (JSON null) means not restricted.
-	Read  []string `json:"read"`
-	Write []string `json:"write"`
-	Exec  []string `json:"exec"`
-
-	Network bool `json:"network,omitempty"` // new network namespace
-	Proxy   bool `json:"proxy,omitempty"`   // bridge to the egress proxy on fd 3
-}
 
 // Command returns an *exec.Cmd that starts the helper (a re-exec of the
 // current binary through /proc/self/exe) which becomes PID 1 in new user,
@@ -70,78 +46,158 @@ type helperConfig struct {
 // if one does not exist. It does not consult Probe: call Check first to
 // refuse with a clear message; a limit that cannot be applied anyway makes
 // the helper exit with status 125 before the target runs.
+//
+// The target is looked up by path when the helper executes it; to execute
+// exactly a file that was checked (hashed) before, use CommandFile.
 func Command(ctx context.Context, s Spec, path string, argv []string, env []string) (*exec.Cmd, error) {
-	if err := validate(s); err != nil {
-		return nil, err
-	}
 	if !filepath.IsAbs(path) {
 		return nil, fmt.Errorf("sandbox: target path %q is not absolute", path)
-	}
-	if s.MaxProcesses > 0 && os.Getuid() == 0 {
-		return nil, fmt.Errorf("%w: max_processes (RLIMIT_NPROC) does not bind uid 0", ErrUnsupported)
 	}
 	if len(argv) == 0 {
 		argv = []string{path}
 	}
-	cfg := helperConfig{
-		Path:         path,
-		Argv:         argv,
-		CPUSeconds:   s.CPUSeconds,
-		MemoryBytes:  s.MemoryBytes,
-		MaxProcesses: s.MaxProcesses,
-		MaxFileBytes: s.MaxFileBytes,
-		Network:      s.Network != nil,
-		Proxy:        s.Network != nil && len(s.Network.Allow) > 0,
+	return command(ctx, s, stage.Config{Path: path, ExeFD: -1, Argv: argv}, nil, env)
+}
+
+// CommandFile is Command for the executable open as exe: the helper
+// executes that open file (as /proc/self/fd/3 of the target, fexecve
+// style), never a path, so replacing or renaming the file that exe was
+// opened from after it was checked cannot change what runs. The target
+// keeps descriptor 3 open on its executable (a #! script needs it: its
+// interpreter opens /proc/self/fd/3, which is also the script's $0); only
+// the script is pinned this way, not its interpreter. What remains is an
+// in-place rewrite of the same inode by someone with write access to it.
+//
+// exe must be open for reading (os.Open) on a regular file; it is passed
+// to the helper at start and the caller may close it once the command has
+// started. argv must not be empty. Landlock's exec list, when set, must
+// still allow the file itself (its resolved path).
+func CommandFile(ctx context.Context, s Spec, exe *os.File, argv []string, env []string) (*exec.Cmd, error) {
+	if exe == nil {
+		return nil, errors.New("sandbox: no executable file")
 	}
-	var err error
-	if cfg.Read, err = resolvePaths("read", s.Read); err != nil {
+	if len(argv) == 0 {
+		return nil, fmt.Errorf("sandbox: empty argv for %s", exe.Name())
+	}
+	fi, err := exe.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: executable %s: %w", exe.Name(), err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("sandbox: executable %s is not a regular file (%v)", exe.Name(), fi.Mode().Type())
+	}
+	return command(ctx, s, stage.Config{Argv: argv}, exe, env)
+}
+
+// command builds the helper command for cfg (target, argv) and exe (nil:
+// by path).
+func command(ctx context.Context, s Spec, cfg stage.Config, exe *os.File, env []string) (*exec.Cmd, error) {
+	if err := validate(s); err != nil {
 		return nil, err
 	}
-	if cfg.Write, err = resolvePaths("write", s.Write); err != nil {
+	if s.MaxProcesses > 0 && os.Getuid() == 0 {
+		return nil, fmt.Errorf("%w: max_processes (RLIMIT_NPROC) does not bind uid 0", ErrUnsupported)
+	}
+	cfg.CPUSeconds = s.CPUSeconds
+	cfg.MemoryBytes = s.MemoryBytes
+	cfg.MaxProcesses = s.MaxProcesses
+	cfg.MaxFileBytes = s.MaxFileBytes
+	cfg.Network = s.Network != nil
+	cfg.ControlFD = -1
+	cfg.ProxyPort = ProxyPort
+	useProxy := s.Network != nil && len(s.Network.Allow) > 0
+
+	read, err := resolvePaths("read", s.Read)
+	if err != nil {
 		return nil, err
 	}
-	if cfg.Exec, err = resolvePaths("exec", s.Exec); err != nil {
+	write, err := resolvePaths("write", s.Write)
+	if err != nil {
 		return nil, err
 	}
+	execs, err := resolvePaths("exec", s.Exec)
+	if err != nil {
+		return nil, err
+	}
+	abi := landlockABI()
+	if err := landlockRules(&cfg, read, write, execs, cfg.Network, useProxy, abi); err != nil {
+		return nil, fmt.Errorf("sandbox: %w", err)
+	}
+	fsOn := read != nil || write != nil || execs != nil
+	denyUnix := (fsOn || cfg.Network) && !(fsOn && abi >= landlockUnixABI)
+	filter, err := seccompProgram(denyUnix)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: %w", err)
+	}
+	cfg.Seccomp = encodeFilter(filter)
+
 	if env == nil {
 		env = os.Environ()
 	}
 	cfg.Env = filterEnv(env, s.EnvAllow)
-	if cfg.Proxy {
+	if useProxy {
 		proxyURL := "http://127.0.0.1:" + strconv.Itoa(ProxyPort)
 		cfg.Env = append(cfg.Env,
 			"HTTP_PROXY="+proxyURL, "HTTPS_PROXY="+proxyURL,
 			"http_proxy="+proxyURL, "https_proxy="+proxyURL)
 	}
-	data, err := json.Marshal(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("sandbox: encoding helper config: %w", err)
-	}
 
 	cmd := exec.CommandContext(ctx, "/proc/self/exe")
-	cmd.Args = []string{"etb-sandbox-init"}
-	// One P is plenty for the helper (it waits and bridges) and starts the
-	// Go runtime measurably faster; the target never sees this variable.
-	cmd.Env = []string{envStage + "=" + stageInit, envConfig + "=" + string(data), "GOMAXPROCS=1"}
+	cmd.Args = []string{helperName}
 	cmd.Dir = s.Dir
 	cmd.SysProcAttr = nsAttr(cloneFlags(cfg.Network))
-
-	if cfg.Proxy {
-		allow, err := parseAllow(s.Network.Allow)
-		if err != nil {
+	var allow map[string]bool
+	if useProxy {
+		if allow, err = parseAllow(s.Network.Allow); err != nil {
 			return nil, err
 		}
+	}
+	// Descriptors of the helper from 3 on, in this order; a caller may
+	// append more to ExtraFiles.
+	if exe != nil {
+		cfg.ExeFD = 3 + len(cmd.ExtraFiles)
+		cmd.ExtraFiles = append(cmd.ExtraFiles, exe)
+	}
+	var ours, theirs *os.File
+	if useProxy {
 		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			return nil, fmt.Errorf("sandbox: control socket for the egress proxy: %w", err)
 		}
-		ours := os.NewFile(uintptr(fds[0]), "etb-sandbox-control")
-		theirs := os.NewFile(uintptr(fds[1]), "etb-sandbox-control")
-		cmd.ExtraFiles = []*os.File{theirs} // fd 3 in the helper
+		ours = os.NewFile(uintptr(fds[0]), "etb-sandbox-control")
+		theirs = os.NewFile(uintptr(fds[1]), "etb-sandbox-control")
+		cfg.ControlFD = 3 + len(cmd.ExtraFiles)
+		cmd.ExtraFiles = append(cmd.ExtraFiles, theirs)
+	}
+	data, err := cfg.Encode()
+	if err != nil {
+		if ours != nil {
+			ours.Close()
+			theirs.Close()
+		}
+		return nil, fmt.Errorf("sandbox: %w", err)
+	}
+	// One P: the Go runtime starts measurably faster, and two were slower
+	// side by side (BenchmarkStartTrue, docs/PERFORMANCE.md). The target
+	// never sees these variables.
+	cmd.Env = []string{envStage + "=" + stage.StageInit, stage.EnvConfig + "=" + data, "GOMAXPROCS=1"}
+	if useProxy {
 		p := &proxy{allow: allow, onConn: s.Network.OnConn}
 		go p.serveControl(ctx, ours, theirs)
 	}
 	return cmd, nil
+}
+
+// encodeFilter returns a seccomp program as the kernel's struct
+// sock_filter array, in native byte order.
+func encodeFilter(raw []bpf.RawInstruction) []byte {
+	out := make([]byte, 0, 8*len(raw))
+	for _, r := range raw {
+		out = binary.NativeEndian.AppendUint16(out, r.Op)
+		out = append(out, r.Jt, r.Jf)
+		out = binary.NativeEndian.AppendUint32(out, r.K)
+	}
+	return out
 }
 
 // cloneFlags returns the namespaces of a sandbox.

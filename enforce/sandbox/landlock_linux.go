@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/etbproject/etb/enforce/sandbox/internal/stage"
+
 	"github.com/landlock-lsm/go-landlock/landlock"
 	llsys "github.com/landlock-lsm/go-landlock/landlock/syscall"
 )
@@ -48,70 +50,54 @@ func abiConfig(v int) landlock.Config {
 	return known[v-1]
 }
 
-// landlockRules returns the ruleset for cfg, and false if cfg needs no
-// Landlock domain and the host offers no scoping. It fails if cfg needs a
-// Landlock feature the host lacks.
-func landlockRules(cfg helperConfig, abi int) (landlock.Config, []landlock.Rule, bool, error) {
-	fsOn := cfg.Read != nil || cfg.Write != nil || cfg.Exec != nil
-	netOn := cfg.Network
+// landlockRules returns the Landlock part of the helper's configuration
+// for the resolved allow-lists read, write and exec (nil: not restricted)
+// and the network mode, on a host with Landlock ABI abi. It leaves cfg
+// without a ruleset (cfg.Landlock false) if nothing needs one and the host
+// offers no scoping, and fails if a required Landlock feature is missing.
+// Paths must exist: their kind (file or directory) decides the rights.
+func landlockRules(cfg *stage.Config, read, write, exec []string, network, proxy bool, abi int) error {
+	fsOn := read != nil || write != nil || exec != nil
 	if fsOn && abi < landlockFSABI {
-		return landlock.Config{}, nil, false, fmt.Errorf("landlock: filesystem allow-lists need Landlock, host has none")
+		return fmt.Errorf("landlock: filesystem allow-lists need Landlock, host has none")
 	}
-	if cfg.Proxy && abi < landlockNetABI {
-		return landlock.Config{}, nil, false, fmt.Errorf("landlock: network allow-list needs ABI >= %d, host has %d", landlockNetABI, abi)
+	if proxy && abi < landlockNetABI {
+		return fmt.Errorf("landlock: network allow-list needs ABI >= %d, host has %d", landlockNetABI, abi)
 	}
 	if abi < 1 {
-		return landlock.Config{}, nil, false, nil
+		return nil
 	}
 	full := abiConfig(abi)
-	var c landlock.Config
-	var rules []landlock.Rule
 	if fsOn {
-		c.HandledAccessFS = full.HandledAccessFS
+		cfg.HandledFS = uint64(full.HandledAccessFS)
 		for _, l := range []struct {
 			paths  []string
 			rights landlock.AccessFSSet
-		}{{cfg.Read, rightsRead}, {cfg.Write, rightsWrite}, {cfg.Exec, rightsExec}} {
+		}{{read, rightsRead}, {write, rightsWrite}, {exec, rightsExec}} {
 			for _, p := range l.paths {
 				fi, err := os.Stat(p)
 				if err != nil {
-					return landlock.Config{}, nil, false, fmt.Errorf("landlock: %w", err)
+					return fmt.Errorf("landlock: %w", err)
 				}
 				r := l.rights & full.HandledAccessFS
 				if !fi.IsDir() {
 					r &= rightsFile
 				}
-				rules = append(rules, landlock.PathAccess(r, p))
+				cfg.PathRules = append(cfg.PathRules, stage.PathRule{Path: p, Access: uint64(r)})
 			}
 		}
 	}
-	if netOn && abi >= landlockNetABI {
+	if network && abi >= landlockNetABI {
 		// TCP bind denied everywhere; connect only to the bridge.
-		c.HandledAccessNet = landlock.AccessNetSet(llsys.AccessNetBindTCP | llsys.AccessNetConnectTCP)
-		if cfg.Proxy {
-			rules = append(rules, landlock.ConnectTCP(ProxyPort))
+		cfg.HandledNet = llsys.AccessNetBindTCP | llsys.AccessNetConnectTCP
+		if proxy {
+			cfg.PortRules = append(cfg.PortRules, stage.PortRule{Port: ProxyPort, Access: llsys.AccessNetConnectTCP})
 		}
 	}
 	// Scoping (ABI 6): no signals to, and no abstract unix sockets of,
 	// processes outside the domain (those of the host's network namespace
 	// when it is kept). Applied whenever the host has it.
-	c.Scoped = full.Scoped
-	if c.HandledAccessFS == 0 && c.HandledAccessNet == 0 && c.Scoped == 0 {
-		return c, nil, false, nil
-	}
-	return c, rules, true, nil
-}
-
-// landlockRuleset builds the ruleset of cfg and returns its descriptor,
-// or -1 if cfg needs no Landlock domain.
-func landlockRuleset(cfg helperConfig) (int, error) {
-	c, rules, on, err := landlockRules(cfg, landlockABI())
-	if err != nil || !on {
-		return -1, err
-	}
-	fd, _, err := c.NewRulesetFD(rules...)
-	if err != nil {
-		return -1, fmt.Errorf("landlock: %w", err)
-	}
-	return fd, nil
+	cfg.ScopedMask = uint64(full.Scoped)
+	cfg.Landlock = cfg.HandledFS != 0 || cfg.HandledNet != 0 || cfg.ScopedMask != 0
+	return nil
 }

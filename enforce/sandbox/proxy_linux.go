@@ -11,6 +11,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/etbproject/etb/enforce/sandbox/internal/stage"
 )
 
 // proxy is the allow-listing egress proxy. It runs in the calling process,
@@ -57,9 +59,12 @@ func (p *proxy) check(hostport, defaultPort string) (string, error) {
 	return key, nil
 }
 
-// serveControl receives connections from the helper over the control
-// socket ours until the helper closes it or ctx is done. theirs is the
-// helper's end, still open in this process until the helper says hello.
+// serveControl serves the helper's control socket ours until the helper
+// closes it (it exited) or ctx is done. theirs is the helper's end, still
+// open in this process until the helper says hello. The helper hands over
+// the bridge's listening socket (inside the sandbox's network namespace);
+// the proxy accepts the target's connections on it until serveControl
+// returns.
 func (p *proxy) serveControl(ctx context.Context, ours, theirs *os.File) {
 	c, err := net.FileConn(ours)
 	ours.Close()
@@ -78,7 +83,12 @@ func (p *proxy) serveControl(ctx context.Context, ours, theirs *os.File) {
 	defer ctl.Close()
 	var closeTheirs sync.Once
 	defer closeTheirs.Do(func() { theirs.Close() })
-	sem := make(chan struct{}, maxProxyConns)
+	var bridge net.Listener
+	defer func() {
+		if bridge != nil {
+			bridge.Close()
+		}
+	}()
 	buf := make([]byte, 1)
 	oob := make([]byte, 64)
 	for {
@@ -86,31 +96,51 @@ func (p *proxy) serveControl(ctx context.Context, ours, theirs *os.File) {
 		if err != nil || n == 0 {
 			return // helper gone (EOF), or ctx done
 		}
-		fds := parseRights(oob[:oobn])
-		if buf[0] == msgHello {
+		if buf[0] == stage.MsgHello {
 			closeTheirs.Do(func() { theirs.Close() })
 		}
-		for _, fd := range fds {
-			f := os.NewFile(uintptr(fd), "etb-sandbox-conn")
-			conn, err := net.FileConn(f)
+		for _, fd := range parseRights(oob[:oobn]) {
+			f := os.NewFile(uintptr(fd), "etb-sandbox-bridge")
+			if buf[0] != stage.MsgListener || bridge != nil {
+				f.Close() // one listener, nothing else
+				continue
+			}
+			ln, err := net.FileListener(f)
 			f.Close()
 			if err != nil {
+				p.record("", "", false, fmt.Errorf("egress bridge: %w", err))
 				continue
 			}
-			if buf[0] != msgConn {
-				conn.Close()
-				continue
-			}
-			select {
-			case sem <- struct{}{}:
-				go func() {
-					defer func() { <-sem }()
-					p.serveConn(ctx, conn)
-				}()
-			default:
-				p.record("", "", false, errTooMany)
-				conn.Close()
-			}
+			bridge = ln
+			go p.accept(ctx, ln)
+		}
+	}
+}
+
+// accept serves the connections accepted on the bridge ln, at most
+// maxProxyConns at once, until ln is closed.
+func (p *proxy) accept(ctx context.Context, ln net.Listener) {
+	sem := make(chan struct{}, maxProxyConns)
+	for {
+		conn, err := ln.Accept()
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+		if err != nil {
+			// Out of descriptors or the like: the client waits in
+			// the backlog.
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		select {
+		case sem <- struct{}{}:
+			go func() {
+				defer func() { <-sem }()
+				p.serveConn(ctx, conn)
+			}()
+		default:
+			p.record("", "", false, errTooMany)
+			conn.Close()
 		}
 	}
 }
@@ -212,4 +242,26 @@ func (p *proxy) dial(ctx context.Context, target string) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
 	return p.dialer.DialContext(ctx, "tcp", target)
+}
+
+// pipe copies a to b and b to a, half-closing each side as its source ends.
+func pipe(a, b net.Conn) {
+	done := make(chan struct{})
+	go func() {
+		io.Copy(b, a)
+		closeWrite(b)
+		close(done)
+	}()
+	io.Copy(a, b)
+	closeWrite(a)
+	<-done
+}
+
+// closeWrite half-closes c if it supports it, else closes it.
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+		return
+	}
+	c.Close()
 }

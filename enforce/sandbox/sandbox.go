@@ -12,9 +12,14 @@
 //
 // # Process structure
 //
-// Command returns an *exec.Cmd that re-executes the current binary
-// (/proc/self/exe) as the helper. The helper is PID 1 of the new PID
-// namespace and runs as the caller's own uid and gid, mapped one to one into
+// Command (or CommandFile, which executes an already opened file instead
+// of a path) returns an *exec.Cmd that re-executes the current binary
+// (/proc/self/exe) as the helper. The helper runs from the init function of
+// package internal/stage, which imports only the runtime, syscall, os and
+// os/signal so that it runs before the rest of the binary is initialised;
+// the caller computes everything it can (seccomp program, Landlock access
+// masks, the target's environment) and passes it in. The helper is PID 1
+// of the new PID namespace and runs as the caller's own uid and gid, mapped one to one into
 // the new user namespace, with CAP_SYS_ADMIN and CAP_NET_ADMIN of that
 // namespace only (ambient capabilities), which it uses to mount a private
 // /proc and bring up the loopback interface. It then restricts its own OS
@@ -36,14 +41,15 @@
 // revocation) kills the whole tree, and so does the target's exit.
 //
 // The binary must call MaybeRunHelper first thing in main (and in TestMain):
-// Command and Probe rely on it.
+// Probe relies on it.
 //
 // # Egress
 //
 // With Network.Allow set, the sandbox has only a loopback interface. The
-// helper listens on 127.0.0.1:3128 inside it and hands every accepted
-// connection, as a file descriptor over an inherited unix socket, to a proxy
-// running in the calling process. The proxy speaks HTTP CONNECT and plain
+// helper listens on 127.0.0.1:3128 inside it and hands the listening
+// socket, as a file descriptor over an inherited unix socket, to a proxy
+// running in the calling process, which accepts the target's connections
+// on it. The proxy speaks HTTP CONNECT and plain
 // HTTP (absolute-form requests), resolves names itself, allows exactly the
 // listed host:port pairs and reports each attempt to Network.OnConn. The
 // target gets HTTP_PROXY and HTTPS_PROXY pointing at the bridge; Landlock

@@ -5,6 +5,7 @@ package sandbox
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 )
 
@@ -15,6 +16,11 @@ func Probe() Features {
 
 // Command refuses: the sandbox is Linux-only.
 func Command(ctx context.Context, s Spec, path string, argv []string, env []string) (*exec.Cmd, error) {
+	return nil, fmt.Errorf("%w: the sandbox is implemented for Linux only", ErrUnsupported)
+}
+
+// CommandFile refuses: the sandbox is Linux-only.
+func CommandFile(ctx context.Context, s Spec, exe *os.File, argv []string, env []string) (*exec.Cmd, error) {
 	return nil, fmt.Errorf("%w: the sandbox is implemented for Linux only", ErrUnsupported)
 }
 

@@ -1,0 +1,4 @@
+package stage
+
+// sysSeccomp is the seccomp(2) system call number.
+const sysSeccomp = 277
