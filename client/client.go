@@ -163,6 +163,9 @@ func (c *Client) do(ctx context.Context, hc *http.Client, method, path string, i
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	if tp, ok := ctx.Value(traceparentKey{}).(string); ok {
+		req.Header.Set("traceparent", tp)
+	}
 	resp, err := hc.Do(req)
 	if err != nil {
 		return fmt.Errorf("client: %s %s: %w", method, path, err)

@@ -71,10 +71,10 @@ type RunResult struct {
 	Spooled bool
 }
 
-// interruption is the cause a supervised run was cancelled with.
-type interruption struct{ reason, detail string }
-
-func (i *interruption) Error() string { return i.reason + ": " + i.detail }
+// stopped is the cause a supervised run is cancelled with.
+func stopped(reason, detail string) *InterruptError {
+	return &InterruptError{Reason: reason, Err: errors.New(detail)}
+}
 
 // RunCommand governs one local command through the gateway, as `etb run
 // --gateway` does: it describes the command, submits the intent, verifies
@@ -94,19 +94,7 @@ func (c *Client) RunCommand(ctx context.Context, req RunRequest) (*RunResult, er
 	if err != nil {
 		return &RunResult{ExitCode: ExitNotFound, Message: err.Error()}, nil
 	}
-	trust, err := c.Trust(ctx)
-	if err != nil {
-		return nil, err
-	}
-	keys, err := trust.GrantPublicKeys()
-	if err != nil {
-		return nil, fmt.Errorf("client: trust: %w", err)
-	}
-	replay, err := c.replayStore(ctx)
-	if err != nil {
-		return nil, err
-	}
-	holder, err := c.Holder()
+	ek, err := c.enforcer(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -116,15 +104,11 @@ func (c *Client) RunCommand(ctx context.Context, req RunRequest) (*RunResult, er
 	}
 	res := &RunResult{Execution: auth.Execution, Decision: auth.Decision}
 	if !auth.Permitted() {
-		res.ExitCode = ExitDenied
-		res.Message = fmt.Sprintf("%s by %s: %s", auth.Decision.Decision, strings.Join(auth.Decision.Rules, ", "), strings.Join(auth.Decision.Messages, "; "))
-		if a := auth.Approval; a != nil {
-			res.Message += fmt.Sprintf(" (approval ticket %s is %s)", a.ID, a.Status)
-		}
+		res.ExitCode, res.Message = ExitDenied, refusal(auth)
 		return res, nil
 	}
 	// The obligations come from the signed grant, not the answer's decision.
-	claims, err := grant.VerifySignature(auth.Grant, keys)
+	claims, err := grant.VerifySignature(auth.Grant, ek.keys)
 	if err != nil {
 		return c.refuse(ctx, res, ReasonGrantInvalid, err)
 	}
@@ -140,9 +124,8 @@ func (c *Client) RunCommand(ctx context.Context, req RunRequest) (*RunResult, er
 	if err != nil {
 		return c.refuse(ctx, res, ReasonUnenforceable, fmt.Errorf("the grant's obligations cannot be enforced here: %w", err))
 	}
-	verifier := grant.NewVerifier(keys, replay, c.opt.ClockSkew, nil)
 	authorize := func(ctx context.Context, digest string) error {
-		_, err := verifier.Verify(ctx, auth.Grant, grant.Expect{Audience: trust.Enforcer, ADG: digest, Holder: holder})
+		_, err := c.verify(ctx, ek, auth.Grant, digest)
 		return err
 	}
 
@@ -159,7 +142,7 @@ func (c *Client) RunCommand(ctx context.Context, req RunRequest) (*RunResult, er
 	cancel(nil)
 	<-sup
 	res.Result = r
-	var why *interruption
+	var why *InterruptError
 	cause := context.Cause(runCtx)
 	if !errors.As(cause, &why) {
 		why = nil
@@ -170,7 +153,7 @@ func (c *Client) RunCommand(ctx context.Context, req RunRequest) (*RunResult, er
 	case runErr != nil && r.PID == 0:
 		if why != nil {
 			res.ExitCode = ExitInternal
-			return c.finish(ctx, res, lineage.TypeInterrupt, lineage.InterruptBody{Reason: why.reason, Detail: why.detail})
+			return c.finish(ctx, res, lineage.TypeInterrupt, lineage.InterruptBody{Reason: why.Reason, Detail: why.Err.Error()})
 		}
 		res.ExitCode = ExitInternal
 		res.Message = "could not start: " + runErr.Error()
@@ -181,7 +164,7 @@ func (c *Client) RunCommand(ctx context.Context, req RunRequest) (*RunResult, er
 		reason := ReasonReport
 		switch {
 		case why != nil:
-			reason = why.reason
+			reason = why.Reason
 		case IsCode(runErr, CodeRevoked):
 			reason = ReasonRevoked // the gateway refused the start
 		}
@@ -194,7 +177,7 @@ func (c *Client) RunCommand(ctx context.Context, req RunRequest) (*RunResult, er
 		res.ExitCode = ExitInternal
 		body := lineage.InterruptBody{Reason: ReasonCancelled, Detail: "the run was cancelled; the process tree was killed"}
 		if why != nil {
-			body = lineage.InterruptBody{Reason: why.reason, Detail: why.detail + "; the process tree was killed"}
+			body = lineage.InterruptBody{Reason: why.Reason, Detail: why.Err.Error() + "; the process tree was killed"}
 		}
 		res.Message = "interrupted (" + body.Reason + "): " + body.Detail
 		return c.finish(ctx, res, lineage.TypeInterrupt, body)
@@ -230,40 +213,48 @@ func (c *Client) refuse(ctx context.Context, res *RunResult, reason string, err 
 	return c.finish(ctx, res, lineage.TypeInterrupt, lineage.InterruptBody{Reason: reason, Detail: err.Error()})
 }
 
-// finish reports the final event, spooling it if the gateway cannot take
-// it now. The report outlives a cancelled ctx.
+// finish reports the final event of a RunCommand (see deliver).
 func (c *Client) finish(ctx context.Context, res *RunResult, typ string, body any) (*RunResult, error) {
 	if ib, ok := body.(lineage.InterruptBody); ok {
 		res.Reason = ib.Reason
 	}
+	spooled, err := c.deliver(ctx, res.Execution, typ, body)
+	res.Spooled = spooled
+	return res, err
+}
+
+// deliver reports an execution's final event, spooling it if the gateway
+// cannot take it now; it reports whether it spooled it. The report
+// outlives a cancelled ctx. An error means it was neither delivered nor
+// spooled.
+func (c *Client) deliver(ctx context.Context, execution, typ string, body any) (bool, error) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), requestTimeout)
 	defer cancel()
-	err := c.Report(rctx, res.Execution, typ, body)
+	err := c.Report(rctx, execution, typ, body)
 	var ge *Error
 	if err == nil || errors.As(err, &ge) && ge.Status/100 == 4 && ge.Status != http.StatusUnauthorized && ge.Status != http.StatusForbidden {
 		// Delivered, or refused for good (the gateway already holds a
 		// terminal event): nothing to keep.
-		return res, nil
+		return false, nil
 	}
-	if serr := c.spool(res.Execution, typ, body); serr != nil {
-		return res, fmt.Errorf("client: report %s of %s: %w; and spooling it failed: %w", typ, res.Execution, err, serr)
+	if serr := c.spool(execution, typ, body); serr != nil {
+		return false, fmt.Errorf("client: report %s of %s: %w; and spooling it failed: %w", typ, execution, err, serr)
 	}
-	res.Spooled = true
-	return res, nil
+	return true, nil
 }
 
 // supervise keeps the lease of execution renewed and watches for
-// revocation until ctx ends; it cancels ctx with an *interruption when the
+// revocation until ctx ends; it cancels ctx with an *InterruptError when the
 // execution must stop. The returned channel is closed when it has stopped.
 func (c *Client) supervise(ctx context.Context, cancel context.CancelCauseFunc, execution string, lease Lease) <-chan struct{} {
 	done := make(chan struct{})
 	ttl := lease.TTL()
 	if ttl <= 0 {
-		cancel(&interruption{ReasonLeaseLost, "the gateway gave no lease"})
+		cancel(stopped(ReasonLeaseLost, "the gateway gave no lease"))
 		close(done)
 		return done
 	}
-	stop := func(reason, detail string) { cancel(&interruption{reason, detail}) }
+	stop := func(reason, detail string) { cancel(stopped(reason, detail)) }
 	go func() {
 		watchDone := make(chan struct{})
 		go func() { defer close(watchDone); c.watch(ctx, execution, stop) }()

@@ -18,7 +18,9 @@ import (
 
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/etbproject/etb/enforce/sandbox"
 	"github.com/etbproject/etb/gateway"
+	"github.com/etbproject/etb/mcp"
 	"github.com/etbproject/etb/proof"
 )
 
@@ -30,6 +32,7 @@ import (
 var etbBin string
 
 func TestMain(m *testing.M) {
+	sandbox.MaybeRunHelper() // sandbox.Probe re-executes this binary
 	if os.Getenv("ETB_MCP_TEST_SERVER") == "1" {
 		runPinTestServer()
 		return
@@ -200,7 +203,19 @@ func verifyAll(t *testing.T, home, pol string, want int) []gateway.Summary {
 	return list
 }
 
+// policyFile writes a policy from src, with a first rule permitting every
+// stdio upstream start (mcp.server_start) the tests make.
 func policyFile(t *testing.T, src string) string {
+	t.Helper()
+	const start = "rules:\n  - id: test-server-start\n    effect: permit\n    match: {kind: mcp.server_start}\n"
+	switch {
+	case strings.Contains(src, "rules: []\n"):
+		src = strings.Replace(src, "rules: []\n", start, 1)
+	case strings.Contains(src, "rules:\n"):
+		src = strings.Replace(src, "rules:\n", start, 1)
+	default:
+		t.Fatalf("policy without rules:\n%s", src)
+	}
 	return writeFile(t, filepath.Join(t.TempDir(), "policy.yaml"), src)
 }
 
@@ -281,9 +296,15 @@ rules:
 	if b, err := os.ReadFile(filepath.Join(work, "out.txt")); err != nil || string(b) != "ok" {
 		t.Fatalf("the permitted write: %q, %v", b, err)
 	}
-	list := verifyAll(t, home, pol, 5)
+	list := verifyAll(t, home, pol, 6)
 	decisions := map[string]int{}
 	for _, s := range list {
+		if s.Kind == mcp.KindServerStart {
+			if s.Name != "node" || s.Decision != "permit" || s.Outcome != "exit 0" {
+				t.Errorf("server start: %+v", s)
+			}
+			continue
+		}
 		if s.Kind != "mcp.tool_call" || !strings.HasPrefix(s.Name, "secure-filesystem-server/") {
 			t.Errorf("execution %s: kind %q name %q", s.ID, s.Kind, s.Name)
 		}
@@ -358,7 +379,7 @@ rules:
 		"mcp.prompt_get mcp-servers/everything/args-prompt":   "deny ",
 	}
 	got := map[string][]string{}
-	for _, s := range verifyAll(t, home, pol, 6) {
+	for _, s := range verifyAll(t, home, pol, 7) {
 		k := s.Kind + " " + s.Name
 		got[k] = append([]string{s.Decision + " " + s.Outcome}, got[k]...)
 	}
@@ -420,10 +441,73 @@ rules:
 		}
 	}
 	cs.Close()
-	list := verifyAll(t, home, pol, calls)
+	list := verifyAll(t, home, pol, calls+1)
 	if list[0].Outcome != "interrupted: tool_changed" {
 		t.Errorf("last call outcome %q, want interrupted: tool_changed", list[0].Outcome)
 	}
+}
+
+// --pins: the first run writes the pins; a later run uses them, refusing
+// a tool whose definition differs from its pin and a tool the file does
+// not list.
+func TestPinFile(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("ETB_MCP_TEST_SERVER", "1")
+	home, pins := t.TempDir(), filepath.Join(t.TempDir(), "pins.json")
+	pol := policyFile(t, `version: etb.policy/v1
+name: mcp-pins
+rules:
+  - id: pin-test
+    effect: permit
+    match: {kind: mcp.tool_call, name: [etb-pin-test/greet, etb-pin-test/swap]}
+`)
+	start := func() *sdk.ClientSession {
+		cmd := exec.Command(etbBin, "--home", home, "mcp", "--policy", pol, "--pins", pins, "--", self)
+		cmd.Stderr = testWriter{t}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cs, err := sdk.NewClient(&sdk.Implementation{Name: "etb-test-client", Version: "1"}, nil).Connect(ctx, &sdk.CommandTransport{Command: cmd}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cs
+	}
+	cs := start()
+	if res := call(t, cs, "greet", map[string]any{"name": "ada"}); res.IsError {
+		t.Fatalf("greet on first use: %q", text(res))
+	}
+	cs.Close()
+	ps, err := mcp.ReadPins(pins)
+	if err != nil || ps.Server != "etb-pin-test" || len(ps.Tools) != 2 {
+		t.Fatalf("pins written: %v %+v", err, ps)
+	}
+	// Someone reviewed another definition of greet, and dropped swap.
+	ps.Tools["greet"] = "sha256:" + strings.Repeat("ab", 32)
+	delete(ps.Tools, "swap")
+	if err := mcp.WritePins(pins, ps); err != nil {
+		t.Fatal(err)
+	}
+	cs = start()
+	if res := call(t, cs, "greet", map[string]any{"name": "ada"}); !res.IsError || !strings.Contains(text(res), "changed its definition") {
+		t.Errorf("greet against another pin: isError=%v %q", res.IsError, text(res))
+	}
+	if res := call(t, cs, "swap", nil); !res.IsError || !strings.Contains(text(res), "not in the pin file") {
+		t.Errorf("swap, not in the pin file: isError=%v %q", res.IsError, text(res))
+	}
+	cs.Close()
+	// A pin file for another server refuses to start.
+	ps.Server = "someone-else"
+	if err := mcp.WritePins(pins, ps); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(etbBin, "--home", home, "mcp", "--policy", pol, "--pins", pins, "--", self).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "someone-else") {
+		t.Errorf("pin file of another server: %v %s", err, out)
+	}
+	verifyAll(t, home, pol, 6) // 3 starts (the last ends at once), greet, greet, swap
 }
 
 // When the client goes away, etb kills the upstream's whole process group,

@@ -12,8 +12,6 @@ import (
 	"time"
 
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
-
-	"github.com/etbproject/etb/gateway"
 )
 
 // RemoteUpstream describes an HTTP upstream from its endpoint URL: the
@@ -51,7 +49,7 @@ func (p *Proxy) Handler() http.Handler {
 // upstream endpoint and serves the governed mirror on ln until ctx ends.
 // All downstream sessions share the one upstream session; each downstream
 // session is its own task.
-func RunHTTP(ctx context.Context, gw *gateway.Gateway, ln net.Listener, endpoint string, opt Options) error {
+func RunHTTP(ctx context.Context, b Boundary, ln net.Listener, endpoint string, opt Options) error {
 	up, err := RemoteUpstream(endpoint)
 	if err != nil {
 		return err
@@ -62,7 +60,7 @@ func RunHTTP(ctx context.Context, gw *gateway.Gateway, ln net.Listener, endpoint
 	if _, ok := opt.Env["mode"]; !ok {
 		opt.Env["mode"] = "mcp-http"
 	}
-	p := New(gw, opt)
+	p := New(b, opt)
 	if err := p.Connect(ctx, &sdk.StreamableClientTransport{Endpoint: endpoint}, up); err != nil {
 		return err
 	}

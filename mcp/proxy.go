@@ -3,20 +3,25 @@
 // or streamable HTTP), mirrors the upstream's tools, resources and
 // prompts, and puts every tools/call, resources/read and prompts/get
 // through the trust boundary (policy → grant → verified execution →
-// hash-linked events).
+// hash-linked events), decided in process (Embedded) or by `etb serve`
+// with this process as the enforcer (Remote).
 //
 // It owns the mapping of MCP requests to etb.action/v1 documents
-// (Describe, DescribeResource, DescribePrompt), tool pinning (a tool whose
-// definition changes after it was first seen is refused), and the order of
-// the per-request steps: Begin,
-// Authorize against the digest recomputed from the exact arguments about to
-// be forwarded, record start, forward, record end (a digest and size of the
-// result, never its content) or interrupt.
+// (Describe, DescribeResource, DescribePrompt, DescribeServerStart), tool
+// pinning (a tool whose definition changes after it was first seen is
+// refused), the governed start of a stdio upstream (in the kernel sandbox
+// when the grant's obligations need it), in-band approval through MCP
+// elicitation, the session's task and trace context, and the order of the
+// per-request steps: decide, verify the grant against the digest of
+// exactly what will be forwarded (single use), record start, forward
+// (cancelled on revocation, lease loss or timeout), record end (a digest
+// and size of the result, never its content) or interrupt.
 //
-// It must never forward a call whose decision is not a permit, whose grant
-// does not verify, whose tool definition changed, or whose start could not
-// be made durable; every such error path refuses the call and the upstream
-// never sees it.
+// It must never forward a request, or start an upstream, whose decision is
+// not a permit (or an approved require_approval), whose grant does not
+// verify, whose tool definition changed, whose obligations cannot be
+// enforced, or whose start could not be made durable; every such error
+// path refuses and the upstream never sees the request.
 package mcp
 
 import (
@@ -24,6 +29,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,8 +44,6 @@ import (
 
 	"github.com/etbproject/etb/action"
 	"github.com/etbproject/etb/gateway"
-	"github.com/etbproject/etb/lineage"
-	"github.com/etbproject/etb/policy"
 )
 
 // Version is the proxy's implementation version announced downstream.
@@ -210,11 +214,32 @@ type Options struct {
 	Cwd string
 	// Log receives one line per refusal; nil discards.
 	Log func(format string, args ...any)
+	// Task, if set, is the task of every session instead of one task per
+	// session (for a stdio proxy, which has one session: the agent's task
+	// id, as etb run --task gives it).
+	Task string
+	// ParentTask is the parent of every session's task (the agent's own
+	// task, for example); empty for a root task.
+	ParentTask string
+	// PinFile, if set, holds the tool pins (see ReadPins): when it
+	// exists its pins are used from the start, and a tool it does not
+	// list is refused; when it does not, the pins of the first listing
+	// are written to it.
+	PinFile string
+	// MayPermit, if set, hides from tools/list every tool for which it
+	// reports false (policy.Bundle.MayPermit: no rule could permit a call
+	// of it). Hidden tools are not callable downstream. It is consulted
+	// when a tool is first seen.
+	MayPermit func(kind, name string) bool
+	// ApprovalWait bounds how long an embedded proxy waits for the user's
+	// answer to an elicitation (0: as long as the request lives). A
+	// remote proxy waits as its client's Options.ApprovalWait says.
+	ApprovalWait time.Duration
 }
 
 // Proxy governs one upstream session and serves its tools downstream.
 type Proxy struct {
-	gw       *gateway.Gateway
+	b        Boundary
 	opt      Options
 	upstream *sdk.ClientSession
 	up       Upstream
@@ -224,35 +249,48 @@ type Proxy struct {
 	pins    map[string]string    // tool name → hash on first sight
 	current map[string]*sdk.Tool // upstream's latest definition
 	changed map[string]string    // tool name → "pinned X, now Y"
-	tasks   map[*sdk.ServerSession]*task
+	// mirrored holds the tools offered downstream; pinned is set when
+	// the pins came from Options.PinFile (an unlisted tool is refused).
+	mirrored map[string]bool
+	pinned   bool
+	tasks    map[*sdk.ServerSession]string // session → task id
+	parked   map[string]*parked            // request state → execution awaiting approval
+	// progress routes the upstream's progress notifications to the
+	// session whose forwarded request carries the token.
+	progress map[string]*route
 
 	resources map[string]*sdk.Resource         // mirrored, by URI
 	templates map[string]*sdk.ResourceTemplate // mirrored, by URI template
 	prompts   map[string]*sdk.Prompt           // mirrored, by name
 }
 
-type task struct {
-	id   string
-	step int64
-}
-
-// New returns a proxy that will govern calls with gw. Connect it to an
+// New returns a proxy that will govern requests with b. Connect it to an
 // upstream before serving.
-func New(gw *gateway.Gateway, opt Options) *Proxy {
+func New(b Boundary, opt Options) *Proxy {
 	if opt.Cwd == "" {
 		opt.Cwd, _ = os.Getwd()
 	}
 	if opt.Log == nil {
 		opt.Log = func(string, ...any) {}
 	}
-	return &Proxy{gw: gw, opt: opt, pins: map[string]string{}, current: map[string]*sdk.Tool{},
-		changed: map[string]string{}, tasks: map[*sdk.ServerSession]*task{}}
+	return &Proxy{b: b, opt: opt, pins: map[string]string{}, mirrored: map[string]bool{}, current: map[string]*sdk.Tool{},
+		changed: map[string]string{}, tasks: map[*sdk.ServerSession]string{}, parked: map[string]*parked{}, progress: map[string]*route{}}
 }
 
 // ClientOptions are the upstream client options the proxy needs (it
 // follows the upstream's list_changed notifications).
 func (p *Proxy) ClientOptions() *sdk.ClientOptions {
 	return &sdk.ClientOptions{
+		ProgressNotificationHandler: func(ctx context.Context, req *sdk.ProgressNotificationClientRequest) {
+			p.mu.Lock()
+			r := p.progress[progressKey(req.Params.ProgressToken)]
+			p.mu.Unlock()
+			if r != nil {
+				if err := r.ss.NotifyProgress(ctx, req.Params); err != nil {
+					p.opt.Log("pass progress downstream: %v", err)
+				}
+			}
+		},
 		ToolListChangedHandler: func(ctx context.Context, _ *sdk.ToolListChangedRequest) {
 			if !p.connected() {
 				return // Connect lists everything once it is done
@@ -337,11 +375,40 @@ func (p *Proxy) Connect(ctx context.Context, t sdk.Transport, up Upstream) error
 	if caps.Prompts != nil {
 		refresh = append(refresh, p.RefreshPrompts)
 	}
+	var pf *PinSet
+	if p.opt.PinFile != "" {
+		var err error
+		if pf, err = ReadPins(p.opt.PinFile); err == nil && pf.Server != up.Name {
+			err = fmt.Errorf("mcp: pin file %s is for server %q, the upstream is %q", p.opt.PinFile, pf.Server, up.Name)
+		}
+		switch {
+		case err == nil:
+			p.mu.Lock()
+			maps.Copy(p.pins, pf.Tools)
+			p.pinned = true
+			p.mu.Unlock()
+		case errors.Is(err, os.ErrNotExist):
+			pf = nil
+		default:
+			cs.Close()
+			return err
+		}
+	}
 	for _, f := range refresh {
 		if err := f(ctx); err != nil {
 			cs.Close()
 			return err
 		}
+	}
+	if p.opt.PinFile != "" && pf == nil {
+		p.mu.Lock()
+		set := &PinSet{V: PinsVersion, Server: up.Name, Tools: maps.Clone(p.pins)}
+		p.mu.Unlock()
+		if err := WritePins(p.opt.PinFile, set); err != nil {
+			cs.Close()
+			return err
+		}
+		p.opt.Log("pinned %d tool(s) of %s in %s", len(set.Tools), up.Name, p.opt.PinFile)
 	}
 	return nil
 }
@@ -382,9 +449,13 @@ func (p *Proxy) Refresh(ctx context.Context) error {
 		}
 		pin, ok := p.pins[name]
 		switch {
+		case !ok && p.pinned:
+			if _, already := p.changed[name]; !already {
+				p.opt.Log("tool %q is not in the pin file %s; calls to it are refused", name, p.opt.PinFile)
+			}
+			p.changed[name] = "not in the pin file, now " + h
 		case !ok:
 			p.pins[name] = h
-			add = append(add, t)
 		case pin != h:
 			if _, already := p.changed[name]; !already {
 				p.opt.Log("tool %q changed its definition: pinned %s, now %s; calls to it are refused", name, pin, h)
@@ -392,10 +463,17 @@ func (p *Proxy) Refresh(ctx context.Context) error {
 			p.changed[name] = fmt.Sprintf("pinned %s, now %s", pin, h)
 		}
 		p.current[name] = t
+		if !p.mirrored[name] {
+			// Mirrored once, as first seen: a changed tool keeps that
+			// definition downstream.
+			p.mirrored[name] = true
+			add = append(add, t)
+		}
 	}
 	for name := range p.current {
 		if _, ok := seen[name]; !ok {
 			delete(p.current, name)
+			delete(p.mirrored, name)
 			remove = append(remove, name)
 		}
 	}
@@ -404,6 +482,10 @@ func (p *Proxy) Refresh(ctx context.Context) error {
 		p.server.RemoveTools(remove...)
 	}
 	for _, t := range add {
+		if p.opt.MayPermit != nil && !p.opt.MayPermit(action.KindMCPTool, p.up.Name+"/"+t.Name) {
+			p.opt.Log("tool %q is hidden: no rule of the policy can permit it", t.Name)
+			continue
+		}
 		p.mirror(t)
 	}
 	return nil
@@ -414,26 +496,28 @@ func (p *Proxy) mirror(t *sdk.Tool) {
 	name := t.Name
 	safely(p.opt.Log, "tool "+name, func() {
 		p.server.AddTool(t, func(ctx context.Context, req *sdk.CallToolRequest) (*sdk.CallToolResult, error) {
-			return p.CallTool(ctx, req.Session, name, req.Params.Arguments, req.Params.Meta)
+			return p.callTool(ctx, req.Session, req.Params)
 		})
 	})
 }
 
-// taskOf returns the session's task: its id is the session id (a fresh
-// random id for a stdio session, which has none).
-func (p *Proxy) taskOf(ss *sdk.ServerSession) (id string, step int64) {
+// taskOf returns the session's task: Options.Task if set, else the
+// session id (a fresh random id for a stdio session, which has none).
+func (p *Proxy) taskOf(ss *sdk.ServerSession) string {
+	if p.opt.Task != "" {
+		return p.opt.Task
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	t, ok := p.tasks[ss]
 	if !ok {
-		t = &task{id: gateway.NewID()}
+		t = gateway.NewID()
 		if ss != nil && ss.ID() != "" {
-			t.id = ss.ID()
+			t = ss.ID()
 		}
 		p.tasks[ss] = t
 	}
-	t.step++
-	return t.id, t.step
+	return t
 }
 
 // Refused is the tool result of a call the boundary did not let through.
@@ -450,6 +534,14 @@ func Refused(format string, args ...any) *sdk.CallToolResult {
 // tool, forwards the call upstream. A refusal is a result with IsError
 // (never forwarded); an error means etb could not govern the call.
 func (p *Proxy) CallTool(ctx context.Context, ss *sdk.ServerSession, tool string, args json.RawMessage, meta sdk.Meta) (*sdk.CallToolResult, error) {
+	return p.callTool(ctx, ss, &sdk.CallToolParamsRaw{Name: tool, Arguments: args, Meta: meta})
+}
+
+// callTool is CallTool for the call's params: a call that carries a
+// request state resumes the execution parked for its approval (see
+// approval.go).
+func (p *Proxy) callTool(ctx context.Context, ss *sdk.ServerSession, params *sdk.CallToolParamsRaw) (*sdk.CallToolResult, error) {
+	tool, meta, args := params.Name, params.Meta, params.Arguments
 	spec, err := Describe(p.up, tool, args, p.opt.Cwd)
 	if err != nil {
 		p.opt.Log("refused: %v", err)
@@ -471,21 +563,36 @@ func (p *Proxy) CallTool(ctx context.Context, ss *sdk.ServerSession, tool string
 	if changed {
 		refusal = fmt.Sprintf("tool %q changed its definition since it was first seen (%s)", tool, change)
 	}
+	// What is forwarded is exactly the canonical arguments the grant's
+	// digest covers.
+	fwd := json.RawMessage(spec.Args[0])
 	var res *sdk.CallToolResult
-	refused, err := p.govern(ctx, ss, spec, env, refusal, func(granted action.Spec) (action.Spec, forwardFunc, error) {
-		// What is forwarded is exactly the canonical arguments the
-		// grant's digest covers, described again from those bytes.
-		fwd := json.RawMessage(granted.Args[0])
-		again, err := Describe(p.up, tool, fwd, p.opt.Cwd)
-		return again, func(ctx context.Context) (any, bool, error) {
-			r, err := p.upstream.CallTool(ctx, &sdk.CallToolParams{Meta: meta, Name: tool, Arguments: fwd})
-			if err != nil {
-				return nil, false, err
-			}
-			res = r
-			return r, r.IsError, nil
-		}, err
-	})
+	extra := func(r *request) { r.ask = p.asker(ss) }
+	if params.RequestState != "" {
+		digest, err := spec.Digest()
+		if err != nil {
+			return Refused("refused: %v", err), nil
+		}
+		rs, err := p.resume(ss, params.RequestState, digest, params.InputResponses)
+		if err != nil {
+			p.opt.Log("refused %s: %v", spec.Name, err)
+			return Refused("refused: %v", err), nil
+		}
+		extra = func(r *request) { r.resume = rs }
+	}
+	refused, err := p.govern(ctx, ss, meta, spec, env, refusal, func(ctx context.Context, _ granted) (any, bool, error) {
+		defer p.routeProgress(params.GetProgressToken(), ss)()
+		r, err := p.upstream.CallTool(ctx, &sdk.CallToolParams{Meta: meta, Name: tool, Arguments: fwd})
+		if err != nil {
+			return nil, false, err
+		}
+		res = r
+		return r, r.IsError, nil
+	}, extra)
+	var ask *needsApproval
+	if errors.As(err, &ask) {
+		return approvalRequest(ask), nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -495,22 +602,15 @@ func (p *Proxy) CallTool(ctx context.Context, ss *sdk.ServerSession, tool string
 	return res, nil
 }
 
-// forwardFunc sends a granted request upstream and returns its result
-// (recorded as a digest and size) and whether the upstream reported an
-// error in it.
-type forwardFunc func(ctx context.Context) (result any, isError bool, err error)
-
-// govern runs one action through the boundary: Begin (intent, decision,
-// grant), then, for a permit and an empty refusal, prepare describes again
-// what will really be sent (built from the granted spec), the grant is
-// verified against that digest, start is recorded, forward runs, and end
-// (result digest and size) or an interrupt is recorded. It returns a
-// non-empty refusal message when the action was not forwarded, and an
+// govern runs one request through the boundary: the action is spec in
+// the session's task, with the proxy's env, extraEnv and the request's
+// trace context; forward is called only for a verified grant of exactly
+// spec and a durable start. It returns a non-empty refusal message when
+// the request was not forwarded or was cut short by the boundary, and an
 // error when etb could not govern it (nothing was forwarded, or the
-// outcome could not be recorded).
-func (p *Proxy) govern(ctx context.Context, ss *sdk.ServerSession, spec action.Spec, extraEnv map[string]string, refusal string,
-	prepare func(granted action.Spec) (action.Spec, forwardFunc, error)) (string, error) {
-	taskID, step := p.taskOf(ss)
+// outcome could not be recorded) or the upstream failed.
+func (p *Proxy) govern(ctx context.Context, ss *sdk.ServerSession, meta sdk.Meta, spec action.Spec, extraEnv map[string]string,
+	refusal string, forward forwardFunc, opts ...func(*request)) (string, error) {
 	env := map[string]string{}
 	for k, v := range p.opt.Env {
 		env[k] = v
@@ -519,83 +619,62 @@ func (p *Proxy) govern(ctx context.Context, ss *sdk.ServerSession, spec action.S
 	for k, v := range extraEnv {
 		env[k] = v
 	}
+	tp, err := traceParent(meta)
+	if err != nil {
+		p.opt.Log("refused %s: %v", spec.Name, err)
+		return "etb: refused: " + err.Error(), nil
+	}
+	if tp != "" {
+		env[EnvTraceParent] = tp
+	}
 	a := &action.Action{Principal: p.opt.Principal, Action: spec,
-		Task: action.Task{ID: taskID, Step: step}, Env: env}
-	ex, err := p.gw.Begin(ctx, a)
-	if err != nil {
-		return "", fmt.Errorf("mcp: govern %s: %w", spec.Name, err)
+		Task: action.Task{ID: p.taskOf(ss), ParentID: p.opt.ParentTask}, Env: env}
+	r := &request{a: a, pid: p.up.PID, refusal: refusal, forward: forward, log: p.opt.Log}
+	for _, o := range opts {
+		o(r)
 	}
-	rec := context.WithoutCancel(ctx)
-	interrupt := func(reason, detail, msg string) (string, error) {
-		p.opt.Log("%s (execution %s): %s", spec.Name, ex.ID, msg)
-		if err := ex.Record(rec, lineage.TypeInterrupt, lineage.InterruptBody{Reason: reason, Detail: detail}); err != nil {
-			return "", fmt.Errorf("mcp: record interrupt of %s: %w", ex.ID, err)
-		}
-		return fmt.Sprintf("etb: %s (execution %s)", msg, ex.ID), nil
+	return p.b.run(ctx, r)
+}
+
+// progressKey is the map key of a progress token (a string or a number).
+func progressKey(token any) string { return fmt.Sprintf("%T:%v", token, token) }
+
+// routeProgress sends the upstream's progress notifications for token to
+// ss while a forwarded request runs; the returned func stops it a second
+// later (the go-sdk may deliver a notification sent just before the
+// result after it). A token routed to another session is not taken over.
+func (p *Proxy) routeProgress(token any, ss *sdk.ServerSession) func() {
+	if token == nil || ss == nil {
+		return func() {}
 	}
-	switch ex.Decision.Decision {
-	case policy.Permit:
-	case policy.RequireApproval:
-		return interrupt("approval_unavailable", "the MCP proxy has no approver",
-			fmt.Sprintf("approval required by %s (%s); this proxy has no approver, so the request is refused",
-				joinOr(ex.Decision.Rules, "no rule"), joinOr(ex.Decision.Messages, "no message")))
-	default:
-		msg := fmt.Sprintf("denied by %s: %s", joinOr(ex.Decision.Rules, "no rule (default deny)"), joinOr(ex.Decision.Messages, "no message"))
-		p.opt.Log("%s (execution %s): %s", spec.Name, ex.ID, msg)
-		return fmt.Sprintf("etb: %s (execution %s)", msg, ex.ID), nil
+	k := progressKey(token)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	r := p.progress[k]
+	switch {
+	case r == nil:
+		r = &route{ss: ss}
+		p.progress[k] = r
+	case r.ss != ss:
+		return func() {}
 	}
-	if refusal != "" {
-		return interrupt("tool_changed", refusal, "refused: "+refusal)
+	r.n++
+	return func() {
+		time.AfterFunc(time.Second, func() {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			if r.n--; r.n == 0 && p.progress[k] == r {
+				delete(p.progress, k)
+			}
+		})
 	}
-	again, forward, err := prepare(ex.Action.Action)
-	var digest string
-	if err == nil {
-		digest, err = again.Digest()
-	}
-	if err == nil {
-		err = ex.Authorize(ctx, digest)
-	}
-	if err != nil {
-		return interrupt("grant_invalid", err.Error(), "refused by the enforcer: "+err.Error())
-	}
-	if err := ex.Record(ctx, lineage.TypeStart, lineage.StartBody{PID: int64(p.up.PID), Program: p.up.Program,
-		ProgramSHA256: p.up.ProgramSHA256, GrantJTI: ex.Claims.ID}); err != nil {
-		return "", fmt.Errorf("mcp: record start of %s: %w", ex.ID, err)
-	}
-	callCtx := ctx
-	if d := ex.Claims.Obl.Timeout.D(); d > 0 {
-		var cancel context.CancelFunc
-		callCtx, cancel = context.WithTimeout(ctx, d)
-		defer cancel()
-	}
-	started := time.Now()
-	res, isError, err := forward(callCtx)
-	var out []byte
-	if err == nil {
-		out, err = action.Canonical(res)
-	}
-	if err != nil {
-		reason := "upstream_error"
-		switch {
-		case ctx.Err() != nil:
-			reason = "cancelled"
-		case errors.Is(callCtx.Err(), context.DeadlineExceeded):
-			reason = "timeout"
-		}
-		if rerr := ex.Record(rec, lineage.TypeInterrupt, lineage.InterruptBody{Reason: reason, Detail: err.Error()}); rerr != nil {
-			return "", errors.Join(err, rerr)
-		}
-		return "", fmt.Errorf("upstream %s (execution %s): %w", p.up.Name, ex.ID, err)
-	}
-	code := int64(0)
-	if isError {
-		code = 1
-	}
-	if err := ex.Record(rec, lineage.TypeEnd, lineage.EndBody{ExitCode: code, DurationNS: time.Since(started).Nanoseconds(),
-		StdoutSHA256: action.SHA256(out), StdoutBytes: int64(len(out))}); err != nil {
-		return "", fmt.Errorf("mcp: record end of %s: %w", ex.ID, err)
-	}
-	return "", nil
+}
+
+// route is where progress notifications of a token go, and how many
+// forwarded requests use it.
+type route struct {
+	ss *sdk.ServerSession
+	n  int
 }
 
 // annotationEnv renders a tool's declared annotations as env entries for

@@ -76,14 +76,10 @@ func (p *Proxy) ReadResource(ctx context.Context, ss *sdk.ServerSession, params 
 		return nil, refusedError("etb: refused: " + err.Error())
 	}
 	var res *sdk.ReadResourceResult
-	refused, err := p.govern(ctx, ss, spec, nil, "", func(granted action.Spec) (action.Spec, forwardFunc, error) {
-		uri := granted.Args[0]
-		again, err := DescribeResource(p.up, uri)
-		return again, func(ctx context.Context) (any, bool, error) {
-			r, err := p.upstream.ReadResource(ctx, &sdk.ReadResourceParams{Meta: params.Meta, URI: uri})
-			res = r
-			return r, false, err
-		}, err
+	refused, err := p.govern(ctx, ss, params.Meta, spec, nil, "", func(ctx context.Context, _ granted) (any, bool, error) {
+		r, err := p.upstream.ReadResource(ctx, &sdk.ReadResourceParams{Meta: params.Meta, URI: spec.Args[0]})
+		res = r
+		return r, false, err
 	})
 	if err != nil {
 		return nil, err
@@ -101,17 +97,16 @@ func (p *Proxy) GetPrompt(ctx context.Context, ss *sdk.ServerSession, params *sd
 		return nil, refusedError("etb: refused: " + err.Error())
 	}
 	var res *sdk.GetPromptResult
-	refused, err := p.govern(ctx, ss, spec, nil, "", func(granted action.Spec) (action.Spec, forwardFunc, error) {
-		var args map[string]string
-		if err := json.Unmarshal([]byte(granted.Args[0]), &args); err != nil {
-			return action.Spec{}, nil, err
-		}
-		again, err := DescribePrompt(p.up, params.Name, args)
-		return again, func(ctx context.Context) (any, bool, error) {
-			r, err := p.upstream.GetPrompt(ctx, &sdk.GetPromptParams{Meta: params.Meta, Name: params.Name, Arguments: args})
-			res = r
-			return r, false, err
-		}, err
+	// Forward the arguments decoded from the canonical bytes the digest
+	// covers.
+	var args map[string]string
+	if err := json.Unmarshal([]byte(spec.Args[0]), &args); err != nil {
+		return nil, refusedError("etb: refused: " + err.Error())
+	}
+	refused, err := p.govern(ctx, ss, params.Meta, spec, nil, "", func(ctx context.Context, _ granted) (any, bool, error) {
+		r, err := p.upstream.GetPrompt(ctx, &sdk.GetPromptParams{Meta: params.Meta, Name: params.Name, Arguments: args})
+		res = r
+		return r, false, err
 	})
 	if err != nil {
 		return nil, err
