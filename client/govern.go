@@ -42,6 +42,10 @@ type GovernRequest struct {
 	// PID is recorded in the start event (0 when the action is not a
 	// process of its own, as for a request to a server).
 	PID int
+	// StartOnly is for a long-lived action whose action is its start (a
+	// server): the grant's timeout bounds run only until it calls
+	// Granted.Ready; revocation and lease loss still stop it at any time.
+	StartOnly bool
 }
 
 // Granted is what run executes under: a grant the client verified itself.
@@ -53,6 +57,15 @@ type Granted struct {
 	// Approval is the ticket a require_approval decision was approved
 	// with, nil for a permit.
 	Approval *Approval
+	ready    func()
+}
+
+// Ready tells Govern that a StartOnly action has started: its timeout no
+// longer applies. Without StartOnly it does nothing.
+func (g *Granted) Ready() {
+	if g.ready != nil {
+		g.ready()
+	}
 }
 
 // Outcome is how run ended when it returns no error; Govern reports it as
@@ -217,15 +230,19 @@ func (c *Client) Govern(ctx context.Context, req GovernRequest, run func(ctx con
 	res.Ran = true
 	runCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	g := &Granted{Execution: auth.Execution, Claims: claims, Approval: auth.Approval}
 	if d := claims.Obl.Timeout.D(); d > 0 {
 		stop := time.AfterFunc(d, func() {
 			cancel(stopped(ReasonTimeout, fmt.Sprintf("the grant's timeout of %s expired", d)))
 		})
 		defer stop.Stop()
+		if req.StartOnly {
+			g.ready = func() { stop.Stop() }
+		}
 	}
 	sup := c.supervise(runCtx, cancel, auth.Execution, *auth.Lease)
 	started := time.Now()
-	out, runErr := run(runCtx, &Granted{Execution: auth.Execution, Claims: claims, Approval: auth.Approval})
+	out, runErr := run(runCtx, g)
 	elapsed := time.Since(started)
 	var why *InterruptError
 	if !errors.As(context.Cause(runCtx), &why) {

@@ -38,6 +38,9 @@ type request struct {
 	resume *resumed
 	// forward sends the request upstream; it must send exactly a.Action.
 	forward forwardFunc
+	// startOnly: the grant's timeout bounds forward only until it calls
+	// granted.ready (the start of a long-lived server).
+	startOnly bool
 	log     func(format string, args ...any)
 }
 
@@ -54,6 +57,8 @@ type granted struct {
 	// record appends an event (egress, for example) to the execution,
 	// best effort: a failure is logged.
 	record func(typ string, body any)
+	// ready ends the part of a startOnly request its timeout bounds.
+	ready func()
 }
 
 // Reasons of the interrupts the proxy records itself.
@@ -105,13 +110,19 @@ func (b embedded) run(ctx context.Context, r *request) (string, error) {
 		return interrupt(reasonGrantInvalid, err.Error(), "refused by the enforcer: "+err.Error())
 	}
 	callCtx := ctx
+	ready := func() {}
 	if d := ex.Claims.Obl.Timeout.D(); d > 0 {
-		var cancel context.CancelFunc
-		callCtx, cancel = context.WithTimeout(ctx, d)
-		defer cancel()
+		var cancel context.CancelCauseFunc
+		callCtx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		t := time.AfterFunc(d, func() { cancel(context.DeadlineExceeded) })
+		defer t.Stop()
+		if r.startOnly {
+			ready = func() { t.Stop() }
+		}
 	}
 	started := time.Now()
-	out, err := outcome(callCtx, granted{obl: ex.Claims.Obl, record: func(typ string, body any) {
+	out, err := outcome(callCtx, granted{obl: ex.Claims.Obl, ready: ready, record: func(typ string, body any) {
 		if err := ex.Record(rec, typ, body); err != nil {
 			r.log("record %s of %s: %v", typ, ex.ID, err)
 		}
@@ -124,7 +135,7 @@ func (b embedded) run(ctx context.Context, r *request) (string, error) {
 			reason = ie.Reason
 		case ctx.Err() != nil:
 			reason = client.ReasonCancelled
-		case errors.Is(callCtx.Err(), context.DeadlineExceeded):
+		case errors.Is(context.Cause(callCtx), context.DeadlineExceeded):
 			reason = client.ReasonTimeout
 		}
 		if rerr := ex.Record(rec, lineage.TypeInterrupt, lineage.InterruptBody{Reason: reason, Detail: err.Error()}); rerr != nil {
@@ -241,9 +252,9 @@ func (b remote) run(ctx context.Context, r *request) (string, error) {
 		// The gateway records it in the action's env from the header.
 		ctx = client.WithTraceparent(ctx, tp)
 	}
-	gov, err := b.c.Govern(ctx, client.GovernRequest{Spec: spec, Task: task, PID: r.pid},
+	gov, err := b.c.Govern(ctx, client.GovernRequest{Spec: spec, Task: task, PID: r.pid, StartOnly: r.startOnly},
 		func(ctx context.Context, g *client.Granted) (client.Outcome, error) {
-			o, err := outcome(ctx, granted{obl: g.Claims.Obl, record: func(typ string, body any) {
+			o, err := outcome(ctx, granted{obl: g.Claims.Obl, ready: g.Ready, record: func(typ string, body any) {
 				if err := b.c.Report(context.WithoutCancel(ctx), g.Execution, typ, body); err != nil {
 					r.log("report %s of %s: %v", typ, g.Execution, err)
 				}

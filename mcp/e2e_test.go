@@ -682,3 +682,32 @@ rules:
 		t.Errorf("executions %+v", list)
 	}
 }
+
+// The timeout obligation of a server's start bounds the start (until the
+// upstream answered initialize), not the server's life, which is the
+// session's: calls still work after it has passed.
+func TestServerOutlivesStartTimeout(t *testing.T) {
+	home := t.TempDir()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol := writeFile(t, filepath.Join(t.TempDir(), "policy.yaml"), `version: etb.policy/v1
+name: short-start
+defaults:
+  obligations: {timeout: 1s}
+rules:
+  - id: start
+    effect: permit
+    match: {kind: mcp.server_start}
+  - id: greet
+    effect: permit
+    match: {kind: mcp.tool_call, name: etb-pin-test/greet}
+`)
+	t.Setenv("ETB_MCP_TEST_SERVER", "1")
+	cs := session(t, home, pol, self)
+	time.Sleep(1500 * time.Millisecond)
+	if r := call(t, cs, "greet", map[string]any{"name": "late"}); r.IsError {
+		t.Fatalf("a call after the start's timeout: %s", text(r))
+	}
+}

@@ -105,7 +105,9 @@ func RunStdio(ctx context.Context, b Boundary, argv []string, in io.ReadCloser, 
 	a := &action.Action{Principal: opt.Principal, Action: spec, Env: env}
 	var served, unenforceable error
 	started := false
-	refused, err := b.run(ctx, &request{a: a, log: opt.Log, forward: func(ctx context.Context, g granted) (any, bool, error) {
+	// The grant's timeout bounds the start (until the upstream has
+	// answered initialize), not the server's life: that is the session's.
+	refused, err := b.run(ctx, &request{a: a, log: opt.Log, startOnly: true, forward: func(ctx context.Context, g granted) (any, bool, error) {
 		started = true
 		// Each connection attempt through the egress proxy is an event of
 		// the start's execution.
@@ -126,7 +128,7 @@ func RunStdio(ctx context.Context, b Boundary, argv []string, in io.ReadCloser, 
 			cmd.Stderr = os.Stderr
 			opt.Log("starting %s in the kernel sandbox the grant's obligations require", up.Program)
 		}
-		served = serveStdio(ctx, b, cmd, up, in, out, opt)
+		served = serveStdio(ctx, b, cmd, up, in, out, opt, g.ready)
 		st := cmd.ProcessState
 		res := struct {
 			ExitCode int    `json:"exit_code"`
@@ -173,9 +175,12 @@ func RunStdio(ctx context.Context, b Boundary, argv []string, in io.ReadCloser, 
 // serveStdio starts cmd as the upstream, connects the proxy to it and
 // serves downstream until the client disconnects or ctx ends; then it
 // kills what is left of the upstream's process tree.
-func serveStdio(ctx context.Context, b Boundary, cmd *exec.Cmd, up Upstream, in io.ReadCloser, out io.WriteCloser, opt Options) (err error) {
+func serveStdio(ctx context.Context, b Boundary, cmd *exec.Cmd, up Upstream, in io.ReadCloser, out io.WriteCloser, opt Options, ready func()) (err error) {
 	p := New(b, opt)
 	connectErr := p.Connect(ctx, &sdk.CommandTransport{Command: cmd, TerminateDuration: 2 * time.Second}, up)
+	if connectErr == nil && ready != nil {
+		ready() // started: from now on the session bounds it
+	}
 	defer func() {
 		if cmd.Process == nil {
 			return
