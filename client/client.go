@@ -232,7 +232,7 @@ type Authorization struct {
 type Approval struct {
 	ID        string       `json:"id"`
 	Execution string       `json:"execution"`
-	Status    string       `json:"status"` // pending, approved, rejected, expired
+	Status    string       `json:"status"` // pending, approved, rejected, expired, withdrawn
 	Expires   string       `json:"expires"`
 	Digest    string       `json:"action_digest"`
 	Principal string       `json:"principal"`

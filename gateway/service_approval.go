@@ -40,6 +40,9 @@ const (
 	TicketApproved = "approved"
 	TicketRejected = "rejected"
 	TicketExpired  = "expired"
+	// TicketWithdrawn: the requester ended the execution (an interrupt or
+	// end reported) while the ticket was pending.
+	TicketWithdrawn = "withdrawn"
 )
 
 const approvalSchema = `
@@ -170,6 +173,26 @@ func (s *Service) setStatus(ctx context.Context, t *ticket, status, approver str
 	s.mu.Unlock()
 	close(t.done)
 	return nil
+}
+
+// withdraw closes the pending tickets of an execution that ended without
+// them (the enforcer reported an interrupt or an end). The caller holds
+// le.mu, which every decision of a ticket also takes before it looks at
+// the ticket's state.
+func (s *Service) withdraw(ctx context.Context, le *liveExec) {
+	s.mu.Lock()
+	var open []*ticket
+	for _, t := range s.tickets {
+		if t.execution == le.ex.ID {
+			open = append(open, t)
+		}
+	}
+	s.mu.Unlock()
+	for _, t := range open {
+		if st, _ := t.state(); st == TicketPending {
+			s.setStatus(ctx, t, TicketWithdrawn, "")
+		}
+	}
 }
 
 // expire closes a ticket nobody decided in time, recording the

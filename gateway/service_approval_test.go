@@ -223,3 +223,33 @@ func TestApprovalBoundToDigest(t *testing.T) {
 		t.Fatalf("start without approval: %v", err)
 	}
 }
+
+// A requester that gives up (reports an interrupt) withdraws its pending
+// ticket: approvers no longer see it and cannot approve it.
+func TestApprovalWithdrawnByInterrupt(t *testing.T) {
+	ctx := context.Background()
+	e := approvalEnv(t, 0)
+	agent, approver := e.client("/agent/a"), e.client("/approver/alice")
+	spec, err := enforce.DescribeExec([]string{"sleep", "0.01"}, os.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth, err := agent.Decide(ctx, spec, client.Task{})
+	if err != nil || auth.Approval == nil || auth.Approval.Status != gateway.TicketPending {
+		t.Fatalf("%+v %v", auth, err)
+	}
+	tk := pending(t, approver, 1)[0]
+	if err := agent.Report(ctx, auth.Execution, lineage.TypeInterrupt, lineage.InterruptBody{Reason: "approval_timeout", Detail: "gave up"}); err != nil {
+		t.Fatal(err)
+	}
+	if list, err := approver.Approvals(ctx); err != nil || len(list) != 0 {
+		t.Fatalf("pending after the interrupt: %+v %v", list, err)
+	}
+	if _, err := approver.Approve(ctx, tk.ID, ""); !client.IsCode(err, "decided") && !client.IsCode(err, "ended") {
+		t.Fatalf("approving a withdrawn ticket: %v", err)
+	}
+	got, err := approver.Approval(ctx, tk.ID, 0)
+	if err != nil || got.Status != gateway.TicketWithdrawn {
+		t.Fatalf("ticket %+v %v", got, err)
+	}
+}

@@ -400,6 +400,7 @@ func (s *Service) handleEvent(w http.ResponseWriter, r *http.Request, c *caller)
 	case lineage.TypeEnd, lineage.TypeInterrupt:
 		le.terminal = req.Type
 		le.notify(watchMsg{Event: "ended", Reason: req.Type})
+		s.withdraw(ctx, le)
 		s.forget(le.ex.ID)
 	}
 	writeJSON(w, http.StatusOK, EventResponse{Execution: le.ex.ID, Type: req.Type, Seq: e.Seq})
