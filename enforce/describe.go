@@ -37,6 +37,15 @@ func DescribeExec(argv []string, cwd string) (action.Spec, error) {
 	return spec, err
 }
 
+// OpenExec is DescribeExec that keeps the executable open: the hash in the
+// spec is the hash of what was read from the returned file, so a caller
+// that executes that file (as /proc/self/fd/N, or sandbox.CommandFile)
+// runs exactly what was described, whatever happens to the path
+// afterwards. The caller closes it.
+func OpenExec(argv []string, cwd string) (action.Spec, *os.File, error) {
+	return describe(argv, cwd)
+}
+
 // describe is DescribeExec that also returns the executable, open for
 // reading, positioned after its contents: the hash in the spec is the hash
 // of what was read from this open file. The caller closes it. On error the

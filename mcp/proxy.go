@@ -706,29 +706,14 @@ func joinOr(s []string, empty string) string {
 	return strings.Join(s, ", ")
 }
 
-// Command prepares the upstream command: its own process group (so the
-// whole tree can be killed) and SIGKILL should etb die first. Stderr
-// passes through to etb's stderr.
-func Command(argv []string) (*exec.Cmd, Upstream, error) {
-	if len(argv) == 0 {
-		return nil, Upstream{}, errors.New("mcp: no upstream command")
-	}
-	prog, err := exec.LookPath(argv[0])
-	if err != nil {
-		return nil, Upstream{}, fmt.Errorf("mcp: upstream command %q: %w", argv[0], err)
-	}
-	if prog, err = filepath.Abs(prog); err == nil {
-		prog, err = filepath.EvalSymlinks(prog)
-	}
-	if err != nil {
-		return nil, Upstream{}, fmt.Errorf("mcp: upstream command %q: %w", argv[0], err)
-	}
-	b, err := os.ReadFile(prog)
-	if err != nil {
-		return nil, Upstream{}, fmt.Errorf("mcp: hash upstream program %s: %w", prog, err)
-	}
-	cmd := exec.Command(prog, argv[1:]...)
-	cmd.Stderr = os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	return cmd, Upstream{Program: prog, ProgramSHA256: action.SHA256(b), Argv: append([]string{}, argv[1:]...)}, nil
+// commandFile is the command that runs the upstream described by spec
+// from prog, the open file whose contents spec's hash is of: the child
+// executes it as /proc/self/fd/3 (kept open, so a "#!" script works), in a
+// process group of its own, killed if etb dies.
+func commandFile(spec action.Spec, prog *os.File) (*exec.Cmd, Upstream) {
+	t := spec.Target
+	cmd := &exec.Cmd{Path: "/proc/self/fd/3", Args: append([]string{t.Program}, spec.Args...), Dir: t.Cwd,
+		ExtraFiles: []*os.File{prog}, Stderr: os.Stderr,
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}}
+	return cmd, Upstream{Program: t.Program, ProgramSHA256: t.ProgramSHA256, Argv: append([]string{}, spec.Args...)}
 }

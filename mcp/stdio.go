@@ -82,14 +82,16 @@ func RunStdio(ctx context.Context, b Boundary, argv []string, in io.ReadCloser, 
 	if opt.Log == nil {
 		opt.Log = func(string, ...any) {}
 	}
-	cmd, up, err := Command(argv)
+	// The program is hashed from an open file, and that very file is what
+	// runs (as the upstream's /proc/self/fd/3): replacing the path after
+	// the decision changes nothing.
+	spec, prog, err := enforce.OpenExec(argv, opt.Cwd)
 	if err != nil {
-		return err
+		return fmt.Errorf("mcp: upstream command: %w", err)
 	}
-	spec, err := DescribeServerStart(argv, opt.Cwd)
-	if err != nil {
-		return err
-	}
+	defer prog.Close()
+	spec.Kind, spec.Name = KindServerStart, baseName(spec.Target.Program)
+	cmd, up := commandFile(spec, prog)
 	if opt.Env == nil {
 		opt.Env = map[string]string{}
 	}
@@ -118,7 +120,7 @@ func RunStdio(ctx context.Context, b Boundary, argv []string, in io.ReadCloser, 
 			err = sandbox.Check(*sb, sandbox.Probe())
 		}
 		if err == nil && sb != nil {
-			cmd, err = sandbox.Command(ctx, *sb, up.Program, append([]string{up.Program}, up.Argv...), nil)
+			cmd, err = sandbox.CommandFile(ctx, *sb, prog, append([]string{up.Program}, up.Argv...), nil)
 		}
 		if err != nil {
 			unenforceable = fmt.Errorf("the grant's obligations cannot be enforced here: %w", err)
