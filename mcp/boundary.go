@@ -41,7 +41,7 @@ type request struct {
 	// startOnly: the grant's timeout bounds forward only until it calls
 	// granted.ready (the start of a long-lived server).
 	startOnly bool
-	log     func(format string, args ...any)
+	log       func(format string, args ...any)
 }
 
 // forwardFunc sends a granted request upstream under the grant's
