@@ -147,14 +147,8 @@ func (ex *Execution) AuthorizeStart(ctx context.Context, recomputedDigest string
 		if !ok {
 			return errors.New("gateway: the ledger's storage cannot hold the index")
 		}
-		// The statement of grant.SQLiteReplayStore.Use, in this
-		// transaction.
-		res, err := x.ExecContext(ctx, `INSERT INTO grant_jti (jti, exp) VALUES (?, ?) ON CONFLICT (jti) DO NOTHING`, use.jti, use.exp.Unix())
-		if err != nil {
-			return fmt.Errorf("grant: replay store: record jti %s: %w", use.jti, err)
-		}
-		if n, err := res.RowsAffected(); err != nil || n != 1 {
-			return errors.Join(fmt.Errorf("grant: jti %s: %w: jti %s was used before", use.jti, grant.ErrReplayed, use.jti), err)
+		if err := consumeJTI(ctx, x, &use); err != nil {
+			return err
 		}
 		return g.writeIndex(ctx, x, ex, events, first)
 	}, b)
@@ -170,6 +164,70 @@ func (ex *Execution) AuthorizeStart(ctx context.Context, recomputedDigest string
 	}
 	ex.started = true
 	return nil
+}
+
+// consumeJTI burns use's jti inside an append transaction: the statement of
+// grant.SQLiteReplayStore.Use. A jti used before fails the transaction
+// with an error wrapping grant.ErrReplayed.
+func consumeJTI(ctx context.Context, x ledger.SQLExecer, use *deferredUse) error {
+	res, err := x.ExecContext(ctx, `INSERT INTO grant_jti (jti, exp) VALUES (?, ?) ON CONFLICT (jti) DO NOTHING`, use.jti, use.exp.Unix())
+	if err != nil {
+		return fmt.Errorf("grant: replay store: record jti %s: %w", use.jti, err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n != 1 {
+		return errors.Join(fmt.Errorf("grant: jti %s: %w: jti %s was used before", use.jti, grant.ErrReplayed, use.jti), err)
+	}
+	return nil
+}
+
+// BeginStart is Begin and, for a permit, AuthorizeStart in one durable
+// ledger batch: prepare is called with the decided execution and returns
+// the action digest recomputed from exactly what is about to run and the
+// start event's body; the grant is then verified completely against that
+// digest, and the intent, decision, grant, the grant's single use and the
+// start are committed together. One synced commit, where Begin then
+// AuthorizeStart take two; nothing may run before BeginStart returns, and
+// everything it authorizes is durable when it does.
+//
+// If prepare fails or the grant does not verify, the batch records an
+// interrupt (grant_invalid) instead of the start and StartErr says why; a
+// decision other than permit is returned as by Begin (Started is false,
+// StartErr nil). An error means nothing was authorized.
+func (g *Gateway) BeginStart(ctx context.Context, a *action.Action, prepare func(ex *Execution) (digest string, start lineage.StartBody, err error)) (*Execution, error) {
+	if prepare == nil {
+		return nil, errors.New("gateway: BeginStart without prepare")
+	}
+	return g.begin(ctx, a, beginOptions{start: prepare})
+}
+
+// Started reports whether the execution's start is durable.
+func (ex *Execution) Started() bool { return ex.started }
+
+// StartErr is why BeginStart refused to start a permitted execution (its
+// interrupt is recorded), nil otherwise.
+func (ex *Execution) StartErr() error { return ex.startErr }
+
+// verifyForStart runs prepare and verifies ex's fresh grant against its
+// digest, deferring the single use to the batch (ex.use).
+func (g *Gateway) verifyForStart(ctx context.Context, ex *Execution, prepare func(*Execution) (string, lineage.StartBody, error)) (lineage.StartBody, error) {
+	digest, body, err := prepare(ex)
+	if err != nil {
+		return body, err
+	}
+	use := &deferredUse{}
+	v := grant.NewVerifier(map[string]ed25519.PublicKey{grant.KeyID(g.grantPub): g.grantPub}, use, g.cfg.ClockSkew.D(), g.now)
+	claims, err := v.Verify(ctx, ex.Token, grant.Expect{Audience: g.cfg.Enforcer, ADG: digest})
+	if err != nil {
+		return body, err
+	}
+	if use.jti != claims.ID {
+		return body, fmt.Errorf("gateway: execution %s: the verifier did not reach the single-use check of jti %s", ex.ID, claims.ID)
+	}
+	if body.GrantJTI == "" {
+		body.GrantJTI = claims.ID
+	}
+	ex.use = use
+	return body, nil
 }
 
 // deferredUse is a grant.ReplayStore that only notes the jti the verifier

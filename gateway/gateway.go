@@ -228,6 +228,10 @@ type Execution struct {
 	// span is the execution's trace span (nil-safe), ended with its
 	// terminal event.
 	span *telemetry.Span
+	// startErr is why BeginStart did not start it; use is the grant's
+	// single use its start consumes, in the same transaction.
+	startErr error
+	use      *deferredUse
 	// approvedUse is what an approved execution spends on its limit slots,
 	// reserved with its grant (a require_approval decision reserves
 	// nothing).
@@ -252,6 +256,9 @@ func (g *Gateway) Begin(ctx context.Context, a *action.Action) (*Execution, erro
 type beginOptions struct {
 	holder     string
 	delegation *delegation
+	// start, for BeginStart: the enforcer's half, run for a permit before
+	// the batch is appended (see BeginStart).
+	start func(ex *Execution) (digest string, body lineage.StartBody, err error)
 }
 
 // begin is Begin with the service's options.
@@ -396,6 +403,19 @@ func (g *Gateway) begin(ctx context.Context, a *action.Action, opt beginOptions)
 		}); err != nil {
 			return nil, err
 		}
+		if opt.start != nil {
+			// BeginStart: the grant is verified against what is about to
+			// run, and the start (or the refusal) joins the batch.
+			body, err := g.verifyForStart(ctx, ex, opt.start)
+			if err != nil {
+				ex.startErr = err
+				if aerr := add(lineage.TypeInterrupt, g.cfg.Enforcer, lineage.InterruptBody{Reason: "grant_invalid", Detail: err.Error()}); aerr != nil {
+					return nil, aerr
+				}
+			} else if err := add(lineage.TypeStart, g.cfg.Enforcer, body); err != nil {
+				return nil, err
+			}
+		}
 	}
 	if err := g.append(ctx, ex, events, entries); err != nil {
 		span.End("ledger_failed", err)
@@ -453,6 +473,11 @@ func (g *Gateway) append(ctx context.Context, ex *Execution, events []*lineage.E
 		if !ok {
 			return errors.New("gateway: the ledger's storage cannot hold the index")
 		}
+		if ex.use != nil {
+			if err := consumeJTI(ctx, x, ex.use); err != nil {
+				return err
+			}
+		}
 		if err := g.writeIndex(ctx, x, ex, events, first); err != nil {
 			return err
 		}
@@ -485,6 +510,7 @@ func (g *Gateway) append(ctx context.Context, ex *Execution, events []*lineage.E
 	if err != nil {
 		return fmt.Errorf("gateway: ledger append for execution %s: %w", ex.ID, err)
 	}
+	ex.use = nil
 	for _, e := range events {
 		switch e.Type {
 		case lineage.TypeStart:

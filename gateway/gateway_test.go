@@ -18,6 +18,7 @@ import (
 	"github.com/etbproject/etb/grant"
 	"github.com/etbproject/etb/lineage"
 	"github.com/etbproject/etb/policy"
+	"github.com/etbproject/etb/proof"
 )
 
 func open(t testing.TB, dir string) *Gateway {
@@ -266,4 +267,81 @@ func BenchmarkGovernedDecision(b *testing.B) {
 			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "decisions/s")
 		})
 	}
+}
+
+// BeginStart commits intent, decision, grant, the grant's single use and
+// the start together; a digest that does not match the grant records an
+// interrupt instead, and nothing can start twice.
+func TestBeginStart(t *testing.T) {
+	ctx := context.Background()
+	g := open(t, t.TempDir())
+	a := echoAction(t, "once")
+	ex, err := g.BeginStart(ctx, a, func(ex *Execution) (string, lineage.StartBody, error) {
+		d, err := ex.Action.Action.Digest()
+		return d, lineage.StartBody{Program: ex.Action.Action.Target.Program}, err
+	})
+	if err != nil || !ex.Started() || ex.StartErr() != nil {
+		t.Fatalf("%v started=%v %v", err, ex != nil && ex.Started(), ex.StartErr())
+	}
+	events, idx, err := g.Events(ctx, ex.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var types []string
+	for _, e := range events {
+		types = append(types, e.Type)
+	}
+	if strings.Join(types, ",") != "intent,decision,grant,start" || idx[3] != idx[0]+3 {
+		t.Fatalf("events %v at %v", types, idx)
+	}
+	// The grant's jti is burnt: it cannot start again.
+	d, _ := ex.Action.Action.Digest()
+	if err := ex.AuthorizeStart(ctx, d, lineage.StartBody{}); !errors.Is(err, grant.ErrReplayed) {
+		t.Fatalf("second start: %v", err)
+	}
+	if err := ex.Record(ctx, lineage.TypeEnd, lineage.EndBody{}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := g.Evidence(ctx, ex.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := g.Trust()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := proof.Verify(ctx, b, tr); err != nil {
+		t.Fatalf("evidence: %v", err)
+	}
+
+	// What is about to run differs from what was decided: no start.
+	other, err := g.BeginStart(ctx, echoAction(t, "decided"), func(ex *Execution) (string, lineage.StartBody, error) {
+		d, err := echoAction(t, "changed").Action.Digest()
+		return d, lineage.StartBody{}, err
+	})
+	if err != nil || other.Started() || !errors.Is(other.StartErr(), grant.ErrDigest) {
+		t.Fatalf("mismatched digest: %v started=%v %v", err, other.Started(), other.StartErr())
+	}
+	if got := strings.Join(eventTypesOf(t, g, other.ID), ","); got != "intent,decision,grant,interrupt" {
+		t.Fatalf("events %s", got)
+	}
+	// A denial is returned as by Begin.
+	denied, err := g.BeginStart(ctx, &action.Action{Principal: a.Principal, Action: action.Spec{Kind: "fs.write", Name: "/etc/passwd"}},
+		func(*Execution) (string, lineage.StartBody, error) { t.Fatal("prepare called for a denial"); return "", lineage.StartBody{}, nil })
+	if err != nil || denied.Decision.Decision != policy.Deny || denied.Started() {
+		t.Fatalf("denial: %v %+v", err, denied.Decision)
+	}
+}
+
+func eventTypesOf(t *testing.T, g *Gateway, id string) []string {
+	t.Helper()
+	events, _, err := g.Events(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range events {
+		out = append(out, e.Type)
+	}
+	return out
 }

@@ -96,18 +96,26 @@ func (b embedded) run(ctx context.Context, r *request) (string, error) {
 	if r.refusal != "" {
 		return interrupt(reasonToolChanged, r.refusal, "refused: "+r.refusal)
 	}
-	// The grant is verified completely, then its jti is consumed and the
-	// start recorded in one durable ledger transaction: both or neither.
-	digest, err := spec.Digest()
-	if err == nil {
-		err = ex.AuthorizeStart(ctx, digest, lineage.StartBody{PID: int64(r.pid), Program: spec.Target.Program,
-			ProgramSHA256: spec.Target.ProgramSHA256})
-	}
-	if errors.Is(err, gateway.ErrStartNotDurable) {
-		return interrupt(client.ReasonStartFailed, err.Error(), "refused: "+err.Error())
-	}
-	if err != nil {
-		return interrupt(reasonGrantInvalid, err.Error(), "refused by the enforcer: "+err.Error())
+	switch {
+	case ex.StartErr() != nil:
+		// BeginStart refused the start; its interrupt is recorded.
+		msg := "refused by the enforcer: " + ex.StartErr().Error()
+		r.log("%s (execution %s): %s", spec.Name, ex.ID, msg)
+		return fmt.Sprintf("etb: %s (execution %s)", msg, ex.ID), nil
+	case !ex.Started():
+		// An approved execution: the grant is verified completely, then
+		// its jti is consumed and the start recorded in one durable
+		// ledger transaction: both or neither.
+		digest, err := spec.Digest()
+		if err == nil {
+			err = ex.AuthorizeStart(ctx, digest, startBody(r))
+		}
+		if errors.Is(err, gateway.ErrStartNotDurable) {
+			return interrupt(client.ReasonStartFailed, err.Error(), "refused: "+err.Error())
+		}
+		if err != nil {
+			return interrupt(reasonGrantInvalid, err.Error(), "refused by the enforcer: "+err.Error())
+		}
 	}
 	callCtx := ctx
 	ready := func() {}
@@ -178,7 +186,19 @@ func (b embedded) decide(ctx context.Context, r *request) (*gateway.Execution, s
 		}
 		return ex, "", nil
 	}
-	ex, err := b.gw.Begin(ctx, r.a)
+	var ex *gateway.Execution
+	var err error
+	if r.refusal == "" {
+		// A permit's grant is verified and its start recorded in the same
+		// durable batch as the intent and decision: one synced commit
+		// before the request is forwarded.
+		ex, err = b.gw.BeginStart(ctx, r.a, func(*gateway.Execution) (string, lineage.StartBody, error) {
+			digest, err := spec.Digest()
+			return digest, startBody(r), err
+		})
+	} else {
+		ex, err = b.gw.Begin(ctx, r.a)
+	}
 	if err != nil {
 		return nil, "", fmt.Errorf("mcp: govern %s: %w", spec.Name, err)
 	}
@@ -203,6 +223,12 @@ func (b embedded) decide(ctx context.Context, r *request) (*gateway.Execution, s
 	default:
 		return refuse(ex, fmt.Sprintf("denied by %s: %s", joinOr(ex.Decision.Rules, "no rule (default deny)"), joinOr(ex.Decision.Messages, "no message")))
 	}
+}
+
+// startBody is the start event of r's execution.
+func startBody(r *request) lineage.StartBody {
+	spec := r.a.Action
+	return lineage.StartBody{PID: int64(r.pid), Program: spec.Target.Program, ProgramSHA256: spec.Target.ProgramSHA256}
 }
 
 // outcome forwards and summarises the result as its canonical digest and
