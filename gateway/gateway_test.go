@@ -327,7 +327,10 @@ func TestBeginStart(t *testing.T) {
 	}
 	// A denial is returned as by Begin.
 	denied, err := g.BeginStart(ctx, &action.Action{Principal: a.Principal, Action: action.Spec{Kind: "fs.write", Name: "/etc/passwd"}},
-		func(*Execution) (string, lineage.StartBody, error) { t.Fatal("prepare called for a denial"); return "", lineage.StartBody{}, nil })
+		func(*Execution) (string, lineage.StartBody, error) {
+			t.Fatal("prepare called for a denial")
+			return "", lineage.StartBody{}, nil
+		})
 	if err != nil || denied.Decision.Decision != policy.Deny || denied.Started() {
 		t.Fatalf("denial: %v %+v", err, denied.Decision)
 	}
