@@ -63,9 +63,22 @@ type Log struct {
 	// goroutine only); latest is the last one this Log committed.
 	pending *Checkpoint
 	latest  atomic.Pointer[Checkpoint]
+	// border is the right border of the tree as this Log last committed it
+	// (sequencer goroutine only): the next append starts from it when the
+	// store still ends where it left it (same size, same checkpoint), and
+	// reads and re-checks the stored border otherwise.
+	border *committedBorder
 
 	batches atomic.Uint64
 	entries atomic.Uint64
+}
+
+// committedBorder is the tree's right border after a commit.
+type committedBorder struct {
+	size   uint64
+	note   []byte
+	hashes [][]byte         // the compact range [0, size)
+	edge   map[uint8][]byte // the partial tile of each level
 }
 
 type appendReq struct {
@@ -428,7 +441,19 @@ func (l *Log) open(ctx context.Context) (_ *batchTx, err error) {
 	case cpSize != count:
 		return nil, fmt.Errorf("ledger: store of %q has %d entries but its latest checkpoint has size %d", l.origin, count, cpSize)
 	}
-	rng, edge, err := l.border(ctx, tx, count)
+	if b := l.border; b != nil && b.size == count && bytes.Equal(b.note, cpNote) {
+		// The store ends at the checkpoint this Log signed last (the write
+		// lock is held): if its stored edge tiles are byte for byte the
+		// ones this Log wrote, the border in memory is the one that
+		// checkpoint commits to, and hashing it again is not needed. Any
+		// difference takes the full path below, which re-derives the root
+		// from what is stored and refuses a mismatch.
+		if rng, edge, ok := l.reuseBorder(ctx, tx, b); ok {
+			return &batchTx{tx: tx, count: count, rng: rng, edge: edge}, nil
+		}
+	}
+	l.border = nil
+	rng, edge, err := l.readBorder(ctx, tx, count)
 	if err != nil {
 		return nil, err
 	}
@@ -482,7 +507,8 @@ func (l *Log) finish(ctx context.Context, bt *batchTx, entries [][]byte, sides [
 	if err := tx.WriteEntries(ctx, count, entries); err != nil {
 		return 0, err
 	}
-	if err := tx.WriteTiles(ctx, extendTiles(count, bt.edge, fresh)); err != nil {
+	tiles := extendTiles(count, bt.edge, fresh)
+	if err := tx.WriteTiles(ctx, tiles); err != nil {
 		return 0, err
 	}
 	if err := l.writeCheckpoint(ctx, tx, rng.End(), root); err != nil {
@@ -499,6 +525,7 @@ func (l *Log) finish(ctx context.Context, bt *batchTx, entries [][]byte, sides [
 	// Only now, committed, does the batch's checkpoint become what
 	// WaitCheckpoint may hand out without asking storage.
 	l.latest.Store(l.pending)
+	l.border = nextBorder(bt.edge, tiles, rng, l.pending.Note)
 	l.batches.Add(1)
 	l.entries.Add(uint64(len(entries)))
 	l.notifyMu.Lock()
@@ -508,17 +535,12 @@ func (l *Log) finish(ctx context.Context, bt *batchTx, entries [][]byte, sides [
 	return count, nil
 }
 
-// border loads the edge tiles of the tree of size size (the partial tile of
+// readBorder loads the edge tiles of the tree of size size (the partial tile of
 // every level, whose stored width must be exactly the one that size implies)
 // and the compact range [0, size) computed from them.
-func (l *Log) border(ctx context.Context, tx AppendTx, size uint64) (*compact.Range, map[uint8][]byte, error) {
+func (l *Log) readBorder(ctx context.Context, tx AppendTx, size uint64) (*compact.Range, map[uint8][]byte, error) {
 	edge := map[uint8][]byte{}
-	var ids []TileID
-	for lv := uint8(0); lv <= MaxLevel && levelCount(lv, size) > 0; lv++ {
-		if levelCount(lv, size)%TileWidth != 0 {
-			ids = append(ids, TileID{Level: lv, Index: levelCount(lv, size) / TileWidth})
-		}
-	}
+	ids := edgeTileIDs(size)
 	hs, err := tx.Tiles(ctx, ids)
 	if err != nil {
 		return nil, nil, fmt.Errorf("ledger: right border at size %d: %w", size, err)
@@ -547,6 +569,65 @@ func (l *Log) border(ctx context.Context, tx AppendTx, size uint64) (*compact.Ra
 		return nil, nil, fmt.Errorf("ledger: right border at size %d: %w", size, err)
 	}
 	return rng, edge, nil
+}
+
+// reuseBorder returns b as the open transaction's border if the stored
+// edge tiles equal b's.
+func (l *Log) reuseBorder(ctx context.Context, tx AppendTx, b *committedBorder) (*compact.Range, map[uint8][]byte, bool) {
+	ids := edgeTileIDs(b.size)
+	hs, err := tx.Tiles(ctx, ids)
+	if err != nil || len(ids) != len(b.edge) {
+		return nil, nil, false
+	}
+	edge := make(map[uint8][]byte, len(ids))
+	for i, id := range ids {
+		if !bytes.Equal(hs[i], b.edge[id.Level]) {
+			return nil, nil, false
+		}
+		edge[id.Level] = hs[i]
+	}
+	rng, err := l.factory.NewRange(0, b.size, append([][]byte(nil), b.hashes...))
+	if err != nil {
+		return nil, nil, false
+	}
+	return rng, edge, true
+}
+
+// edgeTileIDs are the partial tiles of a tree of size size, by level.
+func edgeTileIDs(size uint64) []TileID {
+	var ids []TileID
+	for lv := uint8(0); lv <= MaxLevel && levelCount(lv, size) > 0; lv++ {
+		if levelCount(lv, size)%TileWidth != 0 {
+			ids = append(ids, TileID{Level: lv, Index: levelCount(lv, size) / TileWidth})
+		}
+	}
+	return ids
+}
+
+// nextBorder is the border after a commit that extended the tree to
+// rng.End() by writing tiles over the previous partial tiles edge: the
+// partial tile of each level is the one written, or the previous one if
+// that level did not grow.
+func nextBorder(edge map[uint8][]byte, tiles []Tile, rng *compact.Range, note []byte) *committedBorder {
+	size := rng.End()
+	b := &committedBorder{size: size, note: note, hashes: append([][]byte(nil), rng.Hashes()...), edge: map[uint8][]byte{}}
+	for lv := uint8(0); lv <= MaxLevel && levelCount(lv, size) > 0; lv++ {
+		if levelCount(lv, size)%TileWidth == 0 {
+			continue
+		}
+		idx := levelCount(lv, size) / TileWidth
+		h, found := edge[lv], false
+		for _, t := range tiles {
+			if t.Level == lv && t.Index == idx {
+				h, found = t.Hashes, true
+			}
+		}
+		if !found && (h == nil || uint64(len(h)/HashSize) != levelCount(lv, size)%TileWidth) {
+			return nil // cannot tell: read the border from storage next time
+		}
+		b.edge[lv] = h
+	}
+	return b
 }
 
 // extendTiles returns the tiles to write when the tree of size oldSize, whose

@@ -522,7 +522,7 @@ func (t *sqliteTx) EntryCount(ctx context.Context) (uint64, error) {
 		return 0, err
 	}
 	var idx, count int64
-	err = c.QueryRowContext(ctx, "SELECT idx, count FROM ledger_entries ORDER BY idx DESC LIMIT 1").Scan(&idx, &count)
+	err = cachedTx{t, c}.QueryRowContext(ctx, "SELECT idx, count FROM ledger_entries ORDER BY idx DESC LIMIT 1").Scan(&idx, &count)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, nil
 	}
@@ -542,7 +542,7 @@ func (t *sqliteTx) LatestCheckpoint(ctx context.Context) (uint64, []byte, error)
 	if err != nil {
 		return 0, nil, err
 	}
-	return latestCheckpoint(ctx, c)
+	return latestCheckpoint(ctx, cachedTx{t, c})
 }
 
 func (t *sqliteTx) Tiles(ctx context.Context, ids []TileID) ([][]byte, error) {
@@ -552,7 +552,30 @@ func (t *sqliteTx) Tiles(ctx context.Context, ids []TileID) ([][]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return readTiles(ctx, c, ids)
+	return readTiles(ctx, cachedTx{t, c}, ids)
+}
+
+// cachedTx runs the queries of an append transaction through the
+// statement cache (a querier).
+type cachedTx struct {
+	t *sqliteTx
+	c *sql.Tx
+}
+
+func (q cachedTx) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	st, err := q.t.stmts.Get(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return q.c.StmtContext(ctx, st).QueryContext(ctx, args...)
+}
+
+func (q cachedTx) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	st, err := q.t.stmts.Get(ctx, query)
+	if err != nil {
+		return q.c.QueryRowContext(ctx, query, args...) // reports the same error
+	}
+	return q.c.StmtContext(ctx, st).QueryRowContext(ctx, args...)
 }
 
 // insertRows inserts rows of n columns with multi-row INSERT statements,
