@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -162,11 +163,51 @@ type digestInput struct {
 // spec's kind, name, args and target. ArgsHash is not covered (it is derived
 // from Args). A grant's adg claim carries this value.
 func (s Spec) Digest() (string, error) {
-	return CanonicalHash(digestInput{Kind: s.Kind, Name: s.Name, Args: nonNil(s.Args), Target: s.Target.normal()})
+	in := digestInput{Kind: s.Kind, Name: s.Name, Args: nonNil(s.Args), Target: s.Target.normal()}
+	if b, ok := in.appendCanonical(make([]byte, 0, 512)); ok {
+		return SHA256(b), nil
+	}
+	return CanonicalHash(in)
+}
+
+// appendCanonical appends the RFC 8785 form of in, written directly (see
+// AppendCanonical); false when a number is beyond 2^53 or a string is not
+// UTF-8. TestDigestMatchesJCS checks it against the generic path.
+func (in digestInput) appendCanonical(b []byte) ([]byte, bool) {
+	ok, good := true, true
+	str := func(key, v string) {
+		b = append(b, key...)
+		b, good = AppendString(b, v)
+		ok = ok && good
+	}
+	list := func(key string, l []string) {
+		b = append(b, key...)
+		b, good = AppendStrings(b, l)
+		ok = ok && good
+	}
+	t := in.Target
+	list(`{"args":`, in.Args)
+	str(`,"kind":`, in.Kind)
+	str(`,"name":`, in.Name)
+	list(`,"target":{"argv":`, t.Argv)
+	str(`,"cwd":`, t.Cwd)
+	str(`,"host":`, t.Host)
+	list(`,"paths":`, t.Paths)
+	b = append(b, `,"port":`...)
+	b = strconv.AppendInt(b, t.Port, 10)
+	ok = ok && t.Port > -maxExactInt && t.Port < maxExactInt
+	str(`,"program":`, t.Program)
+	str(`,"program_sha256":`, t.ProgramSHA256)
+	return append(b, '}', '}'), ok
 }
 
 // HashArgs returns the canonical hash of args.
-func HashArgs(args []string) (string, error) { return CanonicalHash(nonNil(args)) }
+func HashArgs(args []string) (string, error) {
+	if b, ok := AppendStrings(make([]byte, 0, 256), nonNil(args)); ok {
+		return SHA256(b), nil
+	}
+	return CanonicalHash(nonNil(args))
+}
 
 // Normalize fills defaults so that the JSON form has no nulls where lists are
 // expected: an absent list and an empty list must digest and evaluate alike.

@@ -363,3 +363,35 @@ func TestDigestIgnoresTaskState(t *testing.T) {
 		t.Fatal("task state is not covered by the canonical input")
 	}
 }
+
+// The direct encodings behind Digest and HashArgs are the generic RFC
+// 8785 ones.
+func TestDigestMatchesJCS(t *testing.T) {
+	specs := []Spec{
+		{},
+		{Kind: "shell.exec", Name: "ls", Args: []string{"-l", "é \"q\" \\ \n\x01 <&>"}, Target: Target{Program: "/bin/ls", ProgramSHA256: "sha256:00",
+			Argv: []string{"ls", "-l"}, Cwd: "/tmp", Paths: []string{"/a", "/b"}, Host: "Example.ORG", Port: 443}},
+		{Kind: "mcp.tool_call", Name: "srv/t", Args: []string{`{"a":1}`}, Target: Target{Port: -1}},
+	}
+	for _, s := range specs {
+		got, err := s.Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := CanonicalHash(digestInput{Kind: s.Kind, Name: s.Name, Args: nonNil(s.Args), Target: s.Target.normal()})
+		if err != nil || got != want {
+			t.Errorf("%+v: digest %s, generic %s (%v)", s, got, want, err)
+		}
+		ga, err := HashArgs(s.Args)
+		wa, werr := CanonicalHash(nonNil(s.Args))
+		if err != nil || werr != nil || ga != wa {
+			t.Errorf("%v: args hash %s, generic %s", s.Args, ga, wa)
+		}
+	}
+	if _, ok := (digestInput{Target: Target{Port: 1 << 60}}).appendCanonical(nil); ok {
+		t.Error("a port beyond 2^53 took the direct path")
+	}
+	if _, ok := (digestInput{Name: "\xff"}).appendCanonical(nil); ok {
+		t.Error("invalid UTF-8 took the direct path")
+	}
+}
