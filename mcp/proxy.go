@@ -280,6 +280,12 @@ func New(b Boundary, opt Options) *Proxy {
 // ClientOptions are the upstream client options the proxy needs (it
 // follows the upstream's list_changed notifications).
 func (p *Proxy) ClientOptions() *sdk.ClientOptions {
+	o := p.clientOptions()
+	p.passThroughClient(o)
+	return o
+}
+
+func (p *Proxy) clientOptions() *sdk.ClientOptions {
 	return &sdk.ClientOptions{
 		ProgressNotificationHandler: func(ctx context.Context, req *sdk.ProgressNotificationClientRequest) {
 			p.mu.Lock()
@@ -360,10 +366,12 @@ func (p *Proxy) Connect(ctx context.Context, t sdk.Transport, up Upstream) error
 	if upCaps.Prompts != nil {
 		caps.Prompts = &sdk.PromptCapabilities{ListChanged: true}
 	}
+	sopt := &sdk.ServerOptions{Capabilities: caps}
+	p.passThroughServer(upCaps, caps, sopt)
 	p.mu.Lock()
 	p.upstream, p.up = cs, up
 	p.server = sdk.NewServer(&sdk.Implementation{Name: up.Name, Title: "etb governing proxy for " + up.Name, Version: init.ServerInfo.Version},
-		&sdk.ServerOptions{Capabilities: caps})
+		sopt)
 	p.mu.Unlock()
 	var refresh []func(context.Context) error
 	if caps.Tools != nil {
