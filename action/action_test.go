@@ -251,16 +251,32 @@ func TestAppendCanonicalMatchesJCS(t *testing.T) {
 			t.Fatalf("%s: fast path %v\n%s\nJCS\n%s", name, ok, got, want)
 		}
 	}
+	// Any UTF-8 string takes the fast path and agrees with JCS.
+	for name, mutate := range map[string]func(*Action){
+		"non-ASCII": func(a *Action) { a.Action.Args = []string{"é \u2028 𝄞"} },
+		"control":   func(a *Action) { a.ID = "a\nb\x01\x7f" },
+		"recent":    func(a *Action) { a.Task.Recent = []Recent{{Host: "\x7f"}} },
+		"env value": func(a *Action) { a.Env = map[string]string{"k": "<&> é"} },
+	} {
+		a := full
+		mutate(&a)
+		want, err := Canonical(&a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, ok := AppendCanonical(nil, &a); !ok || string(got) != string(want) {
+			t.Errorf("%s: fast path %v\n%s\nJCS\n%s", name, ok, got, want)
+		}
+	}
 	// Outside the simple case the fast path declines.
 	for name, mutate := range map[string]func(*Action){
-		"non-ASCII":   func(a *Action) { a.Action.Args = []string{"é"} },
-		"control":     func(a *Action) { a.ID = "a\nb" },
-		"huge number": func(a *Action) { a.Task.Step = 1 << 60 },
-		"huge state":  func(a *Action) { a.Task.StateVersion = -(1 << 60) },
-		"recent":      func(a *Action) { a.Task.Recent = []Recent{{Host: "\x7f"}} },
-		"usage key":   func(a *Action) { a.Task.Usage = map[string]float64{"é": 1} },
-		"usage NaN":   func(a *Action) { a.Task.Usage = map[string]float64{"a": math.NaN()} },
-		"usage Inf":   func(a *Action) { a.Task.Usage = map[string]float64{"a": math.Inf(1)} },
+		"invalid UTF-8": func(a *Action) { a.Action.Args = []string{"\xff"} },
+		"env key":       func(a *Action) { a.Env = map[string]string{"é": "1"} },
+		"huge number":   func(a *Action) { a.Task.Step = 1 << 60 },
+		"huge state":    func(a *Action) { a.Task.StateVersion = -(1 << 60) },
+		"usage key":     func(a *Action) { a.Task.Usage = map[string]float64{"é": 1} },
+		"usage NaN":     func(a *Action) { a.Task.Usage = map[string]float64{"a": math.NaN()} },
+		"usage Inf":     func(a *Action) { a.Task.Usage = map[string]float64{"a": math.Inf(1)} },
 	} {
 		a := full
 		mutate(&a)

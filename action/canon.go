@@ -15,9 +15,11 @@ const maxExactInt = 1 << 53
 // AppendCanonical appends the RFC 8785 form of a to b, written directly
 // (the generic path, encoding/json and a JCS transform, costs several times
 // more). It reports false, leaving the caller to use Canonical, when a holds
-// anything outside the simple case: a string with a byte outside printable
-// ASCII, an integer not exactly representable as a float64, or a usage value
-// that is not finite (which Canonical refuses too). Keys are written in
+// anything outside the simple case: a string that is not UTF-8, an env key
+// outside printable ASCII (keys are sorted by bytes, which is RFC 8785's
+// UTF-16 order only for ASCII), an integer not exactly representable as a
+// float64, or a usage value that is not finite (which Canonical refuses
+// too). Keys are written in
 // sorted order and usage values in the ES6 number form (jcs.NumberToJSON),
 // as RFC 8785 requires. TestAppendCanonicalMatchesJCS checks the two agree.
 func AppendCanonical(b []byte, a *Action) ([]byte, bool) {
@@ -27,7 +29,7 @@ func AppendCanonical(b []byte, a *Action) ([]byte, bool) {
 			return
 		}
 		var good bool
-		b, good = appendString(b, s)
+		b, good = AppendString(b, s)
 		ok = ok && good
 	}
 	num := func(v int64) {
@@ -38,18 +40,9 @@ func AppendCanonical(b []byte, a *Action) ([]byte, bool) {
 		b = strconv.AppendInt(b, v, 10)
 	}
 	list := func(l []string) {
-		if l == nil {
-			b = append(b, "null"...)
-			return
-		}
-		b = append(b, '[')
-		for i, s := range l {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			str(s)
-		}
-		b = append(b, ']')
+		var good bool
+		b, good = AppendStrings(b, l)
+		ok = ok && good
 	}
 	key := func(k string) { b = append(b, k...) } // k is `"name":` or `,"name":`
 
@@ -90,6 +83,7 @@ func AppendCanonical(b []byte, a *Action) ([]byte, bool) {
 			if i > 0 {
 				b = append(b, ',')
 			}
+			ok = ok && printableASCII(k)
 			str(k)
 			b = append(b, ':')
 			str(a.Env[k])
@@ -154,12 +148,13 @@ func AppendCanonical(b []byte, a *Action) ([]byte, bool) {
 		for k := range tk.Usage {
 			keys = append(keys, k)
 		}
-		slices.Sort(keys)
+		slices.Sort(keys) // byte order equals UTF-16 order for ASCII
 		b = append(b, '{')
 		for i, k := range keys {
 			if i > 0 {
 				b = append(b, ',')
 			}
+			ok = ok && printableASCII(k)
 			str(k)
 			b = append(b, ':')
 			n, err := jcs.NumberToJSON(tk.Usage[k])
@@ -178,22 +173,15 @@ func AppendCanonical(b []byte, a *Action) ([]byte, bool) {
 	return b, ok
 }
 
-// appendString appends s as an RFC 8785 string. It reports false if s
-// holds a byte outside printable ASCII (0x20-0x7e).
-func appendString(b []byte, s string) ([]byte, bool) {
-	b = append(b, '"')
+
+// printableASCII reports whether every byte of s is in 0x20-0x7e.
+func printableASCII(s string) bool {
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c < 0x20 || c > 0x7e:
-			return b, false
-		case c == '"' || c == '\\':
-			b = append(b, '\\', c)
-		default:
-			b = append(b, c)
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return false
 		}
 	}
-	return append(b, '"'), true
+	return true
 }
 
 // AppendString appends s as an RFC 8785 string: '"' and '\\' escaped,
