@@ -183,7 +183,7 @@ func command(ctx context.Context, s Spec, cfg stage.Config, exe *os.File, env []
 	cmd.Env = []string{envStage + "=" + stage.StageInit, stage.EnvConfig + "=" + data, "GOMAXPROCS=1"}
 	if useProxy {
 		p := &proxy{allow: allow, onConn: s.Network.OnConn}
-		go p.serveControl(ctx, ours, theirs)
+		go p.serveControl(ctx, ours, int(theirs.Fd()))
 	}
 	return cmd, nil
 }

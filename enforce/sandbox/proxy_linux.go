@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/etbproject/etb/enforce/sandbox/internal/stage"
 )
 
@@ -60,29 +62,38 @@ func (p *proxy) check(hostport, defaultPort string) (string, error) {
 }
 
 // serveControl serves the helper's control socket ours until the helper
-// closes it (it exited) or ctx is done. theirs is the helper's end, still
-// open in this process until the helper says hello. The helper hands over
+// closes it (it exited) or ctx is done. theirs is the descriptor of the
+// helper's end, still open in this process until the helper says hello;
+// it is then pointed at /dev/null (dup3), not closed: the *os.File that
+// holds it belongs to the caller's exec.Cmd, whose Start may still be
+// reading it as far as the Go memory model knows (the helper's hello
+// happens after the fork, but only the kernel knows that). The File's
+// finalizer closes the /dev/null descriptor with it. The helper hands over
 // the bridge's listening socket (inside the sandbox's network namespace);
 // the proxy accepts the target's connections on it until serveControl
 // returns.
-func (p *proxy) serveControl(ctx context.Context, ours, theirs *os.File) {
+func (p *proxy) serveControl(ctx context.Context, ours *os.File, theirs int) {
+	var closeTheirs sync.Once
+	release := func() {
+		if null, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
+			unix.Dup3(null, theirs, unix.O_CLOEXEC)
+			unix.Close(null)
+		}
+	}
+	defer closeTheirs.Do(release)
 	c, err := net.FileConn(ours)
 	ours.Close()
 	if err != nil {
-		theirs.Close()
 		return
 	}
 	ctl, ok := c.(*net.UnixConn)
 	if !ok {
 		c.Close()
-		theirs.Close()
 		return
 	}
 	stop := context.AfterFunc(ctx, func() { ctl.Close() })
 	defer stop()
 	defer ctl.Close()
-	var closeTheirs sync.Once
-	defer closeTheirs.Do(func() { theirs.Close() })
 	var bridge net.Listener
 	defer func() {
 		if bridge != nil {
@@ -97,7 +108,7 @@ func (p *proxy) serveControl(ctx context.Context, ours, theirs *os.File) {
 			return // helper gone (EOF), or ctx done
 		}
 		if buf[0] == stage.MsgHello {
-			closeTheirs.Do(func() { theirs.Close() })
+			closeTheirs.Do(release)
 		}
 		for _, fd := range parseRights(oob[:oobn]) {
 			f := os.NewFile(uintptr(fd), "etb-sandbox-bridge")
