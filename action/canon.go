@@ -173,7 +173,6 @@ func AppendCanonical(b []byte, a *Action) ([]byte, bool) {
 	return b, ok
 }
 
-
 // printableASCII reports whether every byte of s is in 0x20-0x7e.
 func printableASCII(s string) bool {
 	for i := 0; i < len(s); i++ {
