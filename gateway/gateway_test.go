@@ -303,16 +303,7 @@ func TestBeginStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, err := g.Evidence(ctx, ex.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, err := g.Trust()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := proof.Verify(ctx, b, tr); err != nil {
-		t.Fatalf("evidence: %v", err)
-	}
+	verifyBundle(t, g, b, err)
 
 	// What is about to run differs from what was decided: no start.
 	other, err := g.BeginStart(ctx, echoAction(t, "decided"), func(ex *Execution) (string, lineage.StartBody, error) {
@@ -347,4 +338,19 @@ func eventTypesOf(t *testing.T, g *Gateway, id string) []string {
 		out = append(out, e.Type)
 	}
 	return out
+}
+
+// verifyBundle checks b (built with error err) offline with g's trust file.
+func verifyBundle(t *testing.T, g *Gateway, b *proof.Bundle, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := g.Trust()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := proof.Verify(context.Background(), b, tr); err != nil {
+		t.Fatalf("evidence: %v", err)
+	}
 }

@@ -10,7 +10,6 @@ import (
 	"github.com/etbproject/etb/action"
 	"github.com/etbproject/etb/lineage"
 	"github.com/etbproject/etb/policy"
-	"github.com/etbproject/etb/proof"
 )
 
 const flowPolicy = `version: etb.policy/v1
@@ -148,16 +147,7 @@ func TestFlowReadSecretThenEgressDenied(t *testing.T) {
 	// The whole tree's evidence verifies, and the verifier re-derived the
 	// denial from the recorded state.
 	b, err := g.EvidenceForTask(ctx, "t1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, err := g.Trust()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := proof.Verify(ctx, b, tr); err != nil {
-		t.Fatalf("task evidence: %v", err)
-	}
+	verifyBundle(t, g, b, err)
 	tree, err := g.TaskTree(ctx, "t1")
 	if err != nil {
 		t.Fatal(err)
