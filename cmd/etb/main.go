@@ -114,7 +114,7 @@ on first use at --home, $ETB_HOME or ~/.etb.`,
 	root.PersistentFlags().StringVar(&g.home, "home", "", "etb home directory (default $ETB_HOME or ~/.etb)")
 	root.AddCommand(newInitCmd(g), newRunCmd(g), newTrustCmd(g), newVerifyCmd(), newLogCmd(g),
 		newEvidenceCmd(g), newPolicyCmd(), newIdentityCmd(g),
-		newLedgerCmd(g), newWitnessCmd(), newDoctorCmd(), newServeCmd(g), newRevokeCmd(g), newMCPCmd(g))
+		newLedgerCmd(g), newWitnessCmd(), newDoctorCmd(), newServeCmd(g), newRevokeCmd(g), newMCPCmd(g), newDelegateCmd(g))
 	root.AddCommand(newApprovalCmds(g)...)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError("%v\nRun '%s --help' for usage.", err, c.CommandPath())

@@ -95,6 +95,7 @@ $TRACEPARENT when it holds a W3C traceparent.`,
 	c.Flags().StringVar(&parent, "parent", "", "parent task id, for a sub-agent's task")
 	gf.register(c)
 	c.Flags().DurationVar(&gf.wait, "wait-approval", 0, "with --gateway: wait this long for a human when the policy requires approval")
+	c.Flags().StringVar(&gf.delegation, "delegation", "", "with --gateway: act as a sub-agent under this delegation grant (a token, or @FILE from 'etb delegate')")
 	return c
 }
 
@@ -110,8 +111,18 @@ func runRemote(cmd *cobra.Command, g *globals, gf *gatewayFlags, args []string, 
 	if err != nil {
 		return &exitError{code: client.ExitInternal, msg: err.Error()}
 	}
-	res, err := cl.RunCommand(ctx, client.RunRequest{Argv: args, Cwd: cwd, Task: client.Task{ID: task, ParentID: parent},
+	t := client.Task{ID: task, ParentID: parent}
+	if gf.delegation != "" {
+		if t.Delegation, err = delegationArg(gf.delegation); err != nil {
+			return usageError("--delegation: %v", err)
+		}
+	}
+	res, err := cl.RunCommand(ctx, client.RunRequest{Argv: args, Cwd: cwd, Task: t,
 		Env: os.Environ(), Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr})
+	if client.IsCode(err, "out_of_scope") || client.IsCode(err, "delegation_invalid") || client.IsCode(err, "revoked") {
+		// Refused before anything was authorized: a denial.
+		return &exitError{code: client.ExitDenied, msg: err.Error()}
+	}
 	if err != nil {
 		return &exitError{code: client.ExitInternal, msg: err.Error()}
 	}

@@ -223,6 +223,7 @@ func listenUnix(path string) (net.Listener, error) {
 type gatewayFlags struct {
 	url, cert, key, ca, trust string
 	wait                      time.Duration
+	delegation                string // etb run: the delegation grant to act under
 }
 
 func (f *gatewayFlags) register(c *cobra.Command) {

@@ -310,3 +310,52 @@ func startServeSocket(t *testing.T, home, sock string) *gatewayProc {
 	t.Fatalf("etb serve --socket did not start: %s", stderr.String())
 	return nil
 }
+
+// Delegation from the command line: agent a delegates `echo` to agent b;
+// b runs echo under it, cannot run ls, and agent c cannot use b's grant.
+func TestServeDelegateAndRunUnderIt(t *testing.T) {
+	home, dir := t.TempDir(), t.TempDir()
+	for _, n := range []string{"a", "b", "c"} {
+		issue(t, home, "spiffe://etb.local/agent/"+n, n)
+	}
+	pol := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(pol, []byte(`version: etb.policy/v1
+name: delegation
+defaults: {obligations: {timeout: 30s}}
+rules:
+  - id: run
+    effect: permit
+    match: {kind: shell.exec, name: [echo, ls]}
+  - id: delegate
+    effect: permit
+    match: {kind: agent.delegate}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	startServe(t, home, addr, "--policy", pol)
+	as := func(n string) []string {
+		return []string{"--gateway", "https://" + addr, "--cert", filepath.Join(home, n+".crt"), "--key", filepath.Join(home, n+".key")}
+	}
+	out := filepath.Join(dir, "b.json")
+	r := etb(t, home, append(append([]string{"delegate"}, as("a")...), "--agent", "spiffe://etb.local/agent/b",
+		"--scope", `{"actions":[{"kind":"shell.exec","name":"echo"}]}`, "--ttl", "2m", "-o", out)...)
+	if r.code != 0 {
+		t.Fatalf("delegate: %d %s", r.code, r.stderr)
+	}
+	r = etb(t, home, append(append([]string{"run"}, as("b")...), "--delegation", "@"+out, "--", "echo", "delegated")...)
+	if r.code != 0 || r.stdout != "delegated\n" {
+		t.Fatalf("run under the delegation: %d %q %s", r.code, r.stdout, r.stderr)
+	}
+	r = etb(t, home, append(append([]string{"run"}, as("b")...), "--delegation", "@"+out, "--", "ls")...)
+	if r.code != 77 || !strings.Contains(r.stderr, "scope") {
+		t.Fatalf("ls outside the scope: %d %s", r.code, r.stderr)
+	}
+	r = etb(t, home, append(append([]string{"run"}, as("c")...), "--delegation", "@"+out, "--", "echo", "x")...)
+	if r.code != 77 || !strings.Contains(r.stderr, "held by") {
+		t.Fatalf("c using b's delegation: %d %s", r.code, r.stderr)
+	}
+	if r := etb(t, home, append(append([]string{"delegate"}, as("a")...), "--agent", "spiffe://etb.local/agent/b", "--scope", "{bad")...); r.code != 2 {
+		t.Fatalf("a malformed scope: exit %d", r.code)
+	}
+}
