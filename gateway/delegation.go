@@ -113,8 +113,12 @@ func (g *Gateway) verifyDelegation(ctx context.Context, token, principal string)
 	if c.Subject != principal {
 		return nil, fmt.Errorf("gateway: delegation grant %s is held by %s, not %s", c.ID, c.Subject, principal)
 	}
-	if now := g.now().Unix(); now >= c.Expiry {
+	now := g.now().Unix()
+	if now >= c.Expiry {
 		return nil, fmt.Errorf("gateway: delegation grant %s expired at %d (now %d)", c.ID, c.Expiry, now)
+	}
+	if skew := int64(g.cfg.ClockSkew.D() / time.Second); now+skew < c.NotBefore {
+		return nil, fmt.Errorf("gateway: delegation grant %s is not valid before %d (now %d)", c.ID, c.NotBefore, now)
 	}
 	if c.Audience != g.cfg.Enforcer || c.Issuer != g.cfg.Issuer {
 		return nil, fmt.Errorf("gateway: delegation grant %s is for %s from %s", c.ID, c.Audience, c.Issuer)
