@@ -70,26 +70,7 @@ func AppendCanonical(b []byte, a *Action) ([]byte, bool) {
 	key(`,"program_sha256":`)
 	str(t.ProgramSHA256)
 	key(`}},"env":`)
-	if a.Env == nil {
-		b = append(b, "null"...)
-	} else {
-		keys := make([]string, 0, len(a.Env))
-		for k := range a.Env {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys) // byte order equals UTF-16 order for ASCII
-		b = append(b, '{')
-		for i, k := range keys {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			ok = ok && printableASCII(k)
-			str(k)
-			b = append(b, ':')
-			str(a.Env[k])
-		}
-		b = append(b, '}')
-	}
+	b = appendMap(b, a.Env, &ok, func(b []byte, v string) ([]byte, bool) { return AppendString(b, v) })
 	key(`,"id":`)
 	str(a.ID)
 	key(`,"principal":{"attestation":`)
@@ -141,36 +122,44 @@ func AppendCanonical(b []byte, a *Action) ([]byte, bool) {
 	key(`,"step":`)
 	num(tk.Step)
 	key(`,"usage":`)
-	if tk.Usage == nil {
-		b = append(b, "null"...)
-	} else {
-		keys := make([]string, 0, len(tk.Usage))
-		for k := range tk.Usage {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys) // byte order equals UTF-16 order for ASCII
-		b = append(b, '{')
-		for i, k := range keys {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			ok = ok && printableASCII(k)
-			str(k)
-			b = append(b, ':')
-			n, err := jcs.NumberToJSON(tk.Usage[k])
-			if err != nil {
-				ok = false
-			}
-			b = append(b, n...)
-		}
-		b = append(b, '}')
-	}
+	b = appendMap(b, tk.Usage, &ok, func(b []byte, v float64) ([]byte, bool) {
+		n, err := jcs.NumberToJSON(v)
+		return append(b, n...), err == nil
+	})
 	key(`},"time":`)
 	str(a.Time)
 	key(`,"v":`)
 	str(a.V)
 	b = append(b, '}')
 	return b, ok
+}
+
+// appendMap appends m as an RFC 8785 object ("null" for a nil m, as
+// encoding/json writes it), its values written by value; it clears *ok for
+// a key outside printable ASCII (keys are sorted by bytes, which is RFC
+// 8785's UTF-16 order only for ASCII) or a value value cannot write.
+func appendMap[V any](b []byte, m map[string]V, ok *bool, value func([]byte, V) ([]byte, bool)) []byte {
+	if m == nil {
+		return append(b, "null"...)
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	b = append(b, '{')
+	for i, k := range keys {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		var good bool
+		b, good = AppendString(b, k)
+		*ok = *ok && good && printableASCII(k)
+		b = append(b, ':')
+		b, good = value(b, m[k])
+		*ok = *ok && good
+	}
+	return append(b, '}')
 }
 
 // printableASCII reports whether every byte of s is in 0x20-0x7e.

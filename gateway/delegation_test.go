@@ -56,7 +56,9 @@ func TestVerifyDelegationRefusals(t *testing.T) {
 	}
 	// A grant signed by another key, and an action grant of this gateway.
 	_, other, _ := ed25519.GenerateKey(rand.Reader)
-	forged, _, err := grant.NewIssuer(other, g.cfg.Issuer, time.Minute, nil).Issue(*ex.Claims)
+	fresh := *ex.Claims // times filled again by the issuer, on the same clock
+	fresh.IssuedAt, fresh.NotBefore, fresh.Expiry = 0, 0, 0
+	forged, _, err := grant.NewIssuer(other, g.cfg.Issuer, time.Minute, func() time.Time { return clock }).Issue(fresh)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +86,7 @@ func TestVerifyDelegationRefusals(t *testing.T) {
 		}
 	}
 	// A validly signed delegation the record does not know is refused.
-	unknown := *ex.Claims
+	unknown := fresh
 	unknown.ID = ""
 	tok, _, err := g.issuer.Issue(unknown)
 	if err != nil {

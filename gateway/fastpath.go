@@ -122,47 +122,32 @@ func (ex *Execution) AuthorizeStart(ctx context.Context, recomputedDigest string
 		return fmt.Errorf("gateway: execution %s has no grant (decision %s)", ex.ID, ex.Decision.Decision)
 	}
 	g := ex.g
-	var use deferredUse
-	v := grant.NewVerifier(map[string]ed25519.PublicKey{grant.KeyID(g.grantPub): g.grantPub}, &use, g.cfg.ClockSkew.D(), g.now)
-	claims, err := v.Verify(ctx, ex.Token, grant.Expect{Audience: g.cfg.Enforcer, ADG: recomputedDigest})
+	// The same verification as BeginStart: ex.use then carries the jti to
+	// consume in the start's transaction (Gateway.append).
+	body, err := g.verifyForStart(ctx, ex, func(*Execution) (string, lineage.StartBody, error) {
+		return recomputedDigest, start, nil
+	})
 	if err != nil {
 		return err
-	}
-	if use.jti != claims.ID {
-		return fmt.Errorf("gateway: execution %s: the verifier did not reach the single-use check of jti %s", ex.ID, claims.ID)
-	}
-	if start.GrantJTI == "" {
-		start.GrantJTI = claims.ID
 	}
 	ex.mu.Lock()
 	defer ex.mu.Unlock()
 	saved := *ex.chain
-	e, b, err := ex.chain.Next(lineage.TypeStart, g.cfg.Enforcer, action.FormatTime(g.now()), start)
-	if err != nil {
-		return err
+	e, b, err := ex.chain.Next(lineage.TypeStart, g.cfg.Enforcer, action.FormatTime(g.now()), body)
+	if err == nil {
+		err = g.append(ctx, ex, []*lineage.Event{e}, [][]byte{b})
 	}
-	events := []*lineage.Event{e}
-	_, err = g.log.AppendWith(ctx, func(ctx context.Context, tx ledger.AppendTx, first uint64) error {
-		x, ok := tx.(ledger.SQLExecer)
-		if !ok {
-			return errors.New("gateway: the ledger's storage cannot hold the index")
-		}
-		if err := consumeJTI(ctx, x, &use); err != nil {
-			return err
-		}
-		return g.writeIndex(ctx, x, ex, events, first)
-	}, b)
 	if err != nil {
 		// Nothing is durable: the chain goes back to before the start, so
 		// that the interrupt recording the refusal links to what the
 		// ledger holds.
+		ex.use = nil
 		*ex.chain = saved
 		if errors.Is(err, grant.ErrReplayed) {
 			return fmt.Errorf("gateway: execution %s: %w", ex.ID, err)
 		}
 		return fmt.Errorf("%w: execution %s: %w", ErrStartNotDurable, ex.ID, err)
 	}
-	ex.started = true
 	return nil
 }
 

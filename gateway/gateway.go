@@ -431,13 +431,7 @@ func (g *Gateway) begin(ctx context.Context, a *action.Action, opt beginOptions)
 // Record appends one event of the execution (start, end, interrupt, …) and
 // returns once it is durable.
 func (ex *Execution) Record(ctx context.Context, typ string, body any) error {
-	ex.mu.Lock()
-	defer ex.mu.Unlock()
-	e, b, err := ex.chain.Next(typ, ex.g.cfg.Enforcer, action.FormatTime(ex.g.now()), body)
-	if err != nil {
-		return err
-	}
-	return ex.g.append(ctx, ex, []*lineage.Event{e}, [][]byte{b})
+	return ex.recordAs(ctx, typ, ex.g.cfg.Enforcer, body)
 }
 
 // Authorize verifies the execution's grant as the enforcer must before it
