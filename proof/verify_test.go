@@ -175,7 +175,10 @@ func TestVerifyRejectsGrantFromAnotherKeyOrTampered(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, other, _ := ed25519.GenerateKey(rand.Reader)
-	forged, _, err := grant.NewIssuer(other, gw.Config().Issuer, time.Minute, time.Now).Issue(*claims)
+	// The forger's clock is the genuine grant's iat: the copied nbf then
+	// stays within [iat, exp) however long the test has run.
+	at := func() time.Time { return time.Unix(claims.IssuedAt, 0) }
+	forged, _, err := grant.NewIssuer(other, gw.Config().Issuer, time.Minute, at).Issue(*claims)
 	if err != nil {
 		t.Fatal(err)
 	}
