@@ -14,9 +14,7 @@ package gateway
 import (
 	"context"
 	"crypto/ed25519"
-	"crypto/rand"
 	"database/sql"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -42,6 +40,7 @@ type Gateway struct {
 	cfg      Config
 	db       *sql.DB
 	log      *ledger.Log
+	st       *ledger.SQLiteStorage // the log's storage, closed after it
 	policy   atomic.Pointer[policy.Bundle]
 	issuer   *grant.Issuer
 	verifier *grant.Verifier
@@ -129,11 +128,10 @@ func Open(ctx context.Context, dir string, opt Options) (*Gateway, error) {
 	if err != nil {
 		return fail(err)
 	}
-	st, err := ledger.NewSQLiteStorage(ctx, db)
-	if err != nil {
+	if g.st, err = ledger.NewSQLiteStorage(ctx, db); err != nil {
 		return fail(err)
 	}
-	if g.log, err = ledger.New(ctx, st, signer, cfg.LogOrigin); err != nil {
+	if g.log, err = ledger.New(ctx, g.st, signer, cfg.LogOrigin); err != nil {
 		return fail(err)
 	}
 	g.issuer = grant.NewIssuer(grantKey, cfg.Issuer, cfg.GrantTTL.D(), now)
@@ -152,6 +150,9 @@ func (g *Gateway) Close() error {
 	var errs []error
 	if g.log != nil {
 		errs = append(errs, g.log.Close())
+	}
+	if g.st != nil {
+		errs = append(errs, g.st.Close())
 	}
 	if g.db != nil {
 		errs = append(errs, g.db.Close())
@@ -193,15 +194,6 @@ func (g *Gateway) LogVerifier() (note.Verifier, error) {
 		return nil, err
 	}
 	return note.NewVerifier(vkey)
-}
-
-// NewID returns a fresh random identifier (128 bits, hex).
-func NewID() string {
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		panic(err) // crypto/rand never fails on Linux ≥ 3.17
-	}
-	return hex.EncodeToString(b[:])
 }
 
 // Execution is one governed execution after its decision.
@@ -265,7 +257,7 @@ type beginOptions struct {
 func (g *Gateway) begin(ctx context.Context, a *action.Action, opt beginOptions) (*Execution, error) {
 	in := *a
 	if in.ID == "" {
-		in.ID = NewID()
+		in.ID = action.NewID(g.now())
 	}
 	if in.Time == "" {
 		in.Time = action.FormatTime(g.now())
@@ -283,7 +275,7 @@ func (g *Gateway) begin(ctx context.Context, a *action.Action, opt beginOptions)
 		if in.Action.Kind == KindDelegate {
 			// The delegation's own id names the sub-agent's task, below
 			// this one.
-			in.Task.ID = NewID()
+			in.Task.ID = action.NewID(g.now())
 		}
 	}
 	if d := opt.delegation; d != nil && in.Action.Kind != KindDelegate {

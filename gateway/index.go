@@ -22,6 +22,9 @@ CREATE TABLE IF NOT EXISTS etb_executions(
 	kind TEXT NOT NULL, name TEXT NOT NULL, args TEXT NOT NULL,
 	decision TEXT NOT NULL DEFAULT '', rules TEXT NOT NULL DEFAULT '', outcome TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS etb_executions_time ON etb_executions(time);
+-- The random end of an id (lineage.ShortID prints it): ResolveID finds
+-- executions by it.
+CREATE INDEX IF NOT EXISTS etb_executions_tail ON etb_executions(substr(id, 21));
 CREATE TABLE IF NOT EXISTS etb_events(
 	execution TEXT NOT NULL, seq INTEGER NOT NULL, idx INTEGER NOT NULL, type TEXT NOT NULL,
 	PRIMARY KEY(execution, seq));
@@ -131,13 +134,27 @@ func (g *Gateway) List(ctx context.Context, limit int) ([]Summary, error) {
 	return out, rows.Err()
 }
 
-// ResolveID expands a unique prefix of an execution id (as `etb log`
-// prints them) to the full id.
-func (g *Gateway) ResolveID(ctx context.Context, prefix string) (string, error) {
-	if prefix == "" || strings.ContainsAny(prefix, "%_") {
-		return "", fmt.Errorf("gateway: bad execution id %q", prefix)
+// ResolveID expands an execution id given in part to the full id: the id
+// itself, a unique prefix, or a unique start of its last 12 characters
+// (what `etb log` prints, lineage.ShortID).
+func (g *Gateway) ResolveID(ctx context.Context, part string) (string, error) {
+	if part == "" {
+		return "", errors.New("gateway: empty execution id")
 	}
-	rows, err := g.db.QueryContext(ctx, `SELECT id FROM etb_executions WHERE id LIKE ? LIMIT 2`, prefix+"%")
+	var n int
+	if err := g.db.QueryRowContext(ctx, `SELECT count(*) FROM etb_executions WHERE id = ?`, part).Scan(&n); err != nil {
+		return "", err
+	} else if n == 1 {
+		return part, nil
+	}
+	// Both lookups are range scans of an index: the primary key, and the
+	// index on the tail (substr(id, 21)). char(1114111), U+10FFFF, sorts
+	// after every character that can follow the part.
+	rows, err := g.db.QueryContext(ctx, `
+		SELECT id FROM etb_executions WHERE id >= ?1 AND id < ?1 || char(1114111)
+		UNION
+		SELECT id FROM etb_executions WHERE length(?1) <= 12 AND substr(id, 21) >= ?1 AND substr(id, 21) < ?1 || char(1114111)
+		LIMIT 3`, part)
 	if err != nil {
 		return "", err
 	}
@@ -150,13 +167,16 @@ func (g *Gateway) ResolveID(ctx context.Context, prefix string) (string, error) 
 		}
 		ids = append(ids, id)
 	}
+	if err := rows.Err(); err != nil {
+		return "", err
+	}
 	switch len(ids) {
 	case 0:
-		return "", fmt.Errorf("gateway: no execution %q", prefix)
+		return "", fmt.Errorf("gateway: no execution %q", part)
 	case 1:
 		return ids[0], nil
 	}
-	return "", fmt.Errorf("gateway: execution id prefix %q is ambiguous", prefix)
+	return "", fmt.Errorf("gateway: execution id %q is ambiguous: more than one execution's id begins or ends with it; give more of it", part)
 }
 
 // Events returns an execution's events from the ledger in order, with

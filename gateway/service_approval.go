@@ -100,7 +100,7 @@ func (s *Service) createApprovalTable(ctx context.Context) error {
 
 // openTicket opens the approval ticket of a require_approval execution.
 func (s *Service) openTicket(ctx context.Context, ex *Execution, holder string) (*ticket, error) {
-	t := &ticket{id: NewID(), execution: ex.ID, digest: ex.Digest, principal: ex.Action.Principal.ID, holder: holder,
+	t := &ticket{id: action.NewID(s.now()), execution: ex.ID, digest: ex.Digest, principal: ex.Action.Principal.ID, holder: holder,
 		expires: s.now().Add(s.opt.ApprovalTTL), status: TicketPending, done: make(chan struct{})}
 	if _, err := s.g.db.ExecContext(ctx, `INSERT INTO etb_approvals(id, execution, digest, principal, holder, expires_ns, status) VALUES(?,?,?,?,?,?,?)`,
 		t.id, t.execution, t.digest, t.principal, t.holder, t.expires.UnixNano(), t.status); err != nil {

@@ -216,7 +216,7 @@ func (s *Service) handleRevoke(w http.ResponseWriter, r *http.Request, c *caller
 // be recorded; the executions are still marked revoked in memory, so no
 // lease of theirs is renewed.
 func (s *Service) Revoke(ctx context.Context, actor, scope, value string) (*RevokeResponse, error) {
-	rv := revocation{ID: NewID(), Actor: actor, Scope: scope, Value: value, Time: s.now()}
+	rv := revocation{ID: action.NewID(s.now()), Actor: actor, Scope: scope, Value: value, Time: s.now()}
 	if _, err := s.g.db.ExecContext(ctx, `INSERT INTO etb_revocations(id, time, unix_nano, actor, scope, value) VALUES(?,?,?,?,?,?)`,
 		rv.ID, action.FormatTime(rv.Time), rv.Time.UnixNano(), actor, scope, value); err != nil {
 		return nil, fmt.Errorf("gateway: store revocation: %w", err)

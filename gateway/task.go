@@ -366,32 +366,64 @@ type TaskExecution struct {
 	Interrupts []string
 }
 
-// ResolveTask returns the root of the task tree containing task (a unique
-// prefix of a task id is accepted).
-func (g *Gateway) ResolveTask(ctx context.Context, prefix string) (id, root string, err error) {
-	if prefix == "" || strings.ContainsAny(prefix, "%_") {
-		return "", "", fmt.Errorf("gateway: bad task id %q", prefix)
+// ResolveTask returns the task id given in part, and the root of its task
+// tree: the id itself, a unique prefix, or a unique start of its last 12
+// characters (lineage.ShortID). The prefix is a range scan of the primary
+// key; the tail is looked for among the task ids of executions (a root
+// task's id is its first execution's), then among all tasks.
+func (g *Gateway) ResolveTask(ctx context.Context, part string) (id, root string, err error) {
+	if part == "" {
+		return "", "", errors.New("gateway: empty task id")
 	}
-	rows, err := g.db.QueryContext(ctx, `SELECT id, root FROM etb_tasks WHERE id LIKE ? ORDER BY id = ? DESC LIMIT 2`, prefix+"%", prefix)
+	switch err := g.db.QueryRowContext(ctx, `SELECT root FROM etb_tasks WHERE id = ?`, part).Scan(&root); {
+	case err == nil:
+		return part, root, nil
+	case !errors.Is(err, sql.ErrNoRows):
+		return "", "", err
+	}
+	rows, err := g.db.QueryContext(ctx, `
+		SELECT id, root FROM etb_tasks WHERE id >= ?1 AND id < ?1 || char(1114111)
+		UNION
+		SELECT id, root FROM etb_tasks WHERE length(?1) <= 12 AND id IN (
+			SELECT id FROM etb_executions WHERE substr(id, 21) >= ?1 AND substr(id, 21) < ?1 || char(1114111))
+		LIMIT 3`, part)
 	if err != nil {
 		return "", "", err
 	}
+	ids, roots, err := scanTaskRoots(rows)
+	if err != nil {
+		return "", "", err
+	}
+	if len(ids) == 0 && len(part) <= 12 {
+		// A delegated task's id is not an execution's: scan.
+		rows, err := g.db.QueryContext(ctx, `SELECT id, root FROM etb_tasks
+			WHERE substr(id, 21) >= ?1 AND substr(id, 21) < ?1 || char(1114111) LIMIT 3`, part)
+		if err != nil {
+			return "", "", err
+		}
+		if ids, roots, err = scanTaskRoots(rows); err != nil {
+			return "", "", err
+		}
+	}
+	switch len(ids) {
+	case 0:
+		return "", "", fmt.Errorf("gateway: no task %q", part)
+	case 1:
+		return ids[0], roots[0], nil
+	}
+	return "", "", fmt.Errorf("gateway: task id %q is ambiguous: more than one task's id begins or ends with it; give more of it", part)
+}
+
+func scanTaskRoots(rows *sql.Rows) (ids, roots []string, err error) {
 	defer rows.Close()
-	var ids, roots []string
 	for rows.Next() {
 		var i, r string
 		if err := rows.Scan(&i, &r); err != nil {
-			return "", "", err
+			return nil, nil, err
 		}
 		ids, roots = append(ids, i), append(roots, r)
 	}
-	switch {
-	case len(ids) == 0:
-		return "", "", fmt.Errorf("gateway: no task %q", prefix)
-	case ids[0] == prefix || len(ids) == 1:
-		return ids[0], roots[0], nil
-	}
-	return "", "", fmt.Errorf("gateway: task id prefix %q is ambiguous", prefix)
+	return ids, roots, rows.Err()
 }
 
 // TaskTree returns the tree of tasks under task (inclusive), each with its

@@ -19,9 +19,7 @@ package grant
 
 import (
 	"crypto/ed25519"
-	"crypto/rand"
 	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"regexp"
@@ -89,7 +87,7 @@ type Claims struct {
 	IssuedAt  int64              `json:"iat"`
 	NotBefore int64              `json:"nbf"`
 	Expiry    int64              `json:"exp"`
-	ID        string             `json:"jti"`           // random 128-bit, hex
+	ID        string             `json:"jti"`           // unique; etb issues action.NewID (time-ordered, 80 random bits)
 	Txn       string             `json:"txn,omitempty"` // root task id
 	Par       *Parent            `json:"par,omitempty"` // parent grant, for sub-agents
 	ADG       string             `json:"adg"`           // action digest, action.Spec.Digest()
@@ -233,7 +231,7 @@ func (i *Issuer) KeyID() string { return i.kid }
 
 // Issue signs a grant for c. It sets iss to the Issuer's name and iat to
 // now, and fills nbf (= iat) if zero, exp (= iat + ttl, at least one second)
-// if zero, and jti (128 random bits, hex) if empty. The claims are then
+// if zero, and jti (action.NewID: 48 bits of time, 80 random, hex) if empty. The claims are then
 // validated as a verifier would (Claims.Validate); an invalid claim set is
 // not signed. par, scp and depth are signed as given: attenuation against
 // the parent is the caller's to check (CheckAttenuation). It returns the compact token and the claims it carries.
@@ -248,7 +246,8 @@ func (i *Issuer) Issue(c Claims) (token string, claims Claims, err error) {
 		return "", Claims{}, fmt.Errorf("grant: issue: ttl %v is over the maximum lifetime %v", i.ttl, MaxLifetime)
 	}
 	c.Issuer = i.issuer
-	c.IssuedAt = i.now().Unix()
+	now := i.now()
+	c.IssuedAt = now.Unix()
 	if c.NotBefore == 0 {
 		c.NotBefore = c.IssuedAt
 	}
@@ -256,11 +255,7 @@ func (i *Issuer) Issue(c Claims) (token string, claims Claims, err error) {
 		c.Expiry = c.IssuedAt + max(int64(i.ttl/time.Second), 1)
 	}
 	if c.ID == "" {
-		var b [16]byte
-		if _, err := rand.Read(b[:]); err != nil {
-			return "", Claims{}, fmt.Errorf("grant: issue: jti: %w", err)
-		}
-		c.ID = hex.EncodeToString(b[:])
+		c.ID = action.NewID(now)
 	}
 	if err := c.Validate(); err != nil {
 		return "", Claims{}, fmt.Errorf("grant: issue: %w", err)

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/proof"
@@ -71,7 +72,7 @@ func openLog(t testing.TB, path string) *fixture {
 		t.Fatal(err)
 	}
 	f := &fixture{path: path, db: db, st: st, log: l, v: testVerifier(t, testOrigin, key)}
-	t.Cleanup(func() { f.log.Close(); f.db.Close() })
+	t.Cleanup(func() { f.log.Close(); f.st.Close(); f.db.Close() })
 	return f
 }
 
@@ -558,16 +559,20 @@ func TestStorageFailure(t *testing.T) {
 	}
 }
 
-// TestClosedDatabase: the database closed under the log fails appends.
+// TestClosedDatabase: the storage and database closed under the log fail
+// appends, and nothing of the failed append is stored.
 func TestClosedDatabase(t *testing.T) {
 	ctx := context.Background()
 	f := newLog(t)
 	if _, err := f.log.Append(ctx, entryData(0)); err != nil {
 		t.Fatal(err)
 	}
+	// The storage keeps one connection for appends; closing it (as the
+	// owner of the storage does before closing the database) ends them.
+	f.st.Close()
 	f.db.Close()
 	if _, err := f.log.Append(ctx, entryData(1)); err == nil {
-		t.Fatal("Append on a closed database succeeded")
+		t.Fatal("Append on a closed storage and database succeeded")
 	}
 	g := openLog(t, f.path)
 	cp, err := g.log.Checkpoint(ctx)
@@ -843,5 +848,83 @@ func TestCloseWhileAppending(t *testing.T) {
 		if err != nil || !bytes.Equal(es[0], e) || !bytes.Equal(es[1], e) {
 			t.Fatalf("entries at %d: %q, %v; want %q twice", idx, es, err, e)
 		}
+	}
+}
+
+// TestUndisturbed: an append transaction knows whether anyone else committed
+// since the previous one began; only then may the Log skip reading its
+// border back.
+func TestUndisturbed(t *testing.T) {
+	ctx := context.Background()
+	f := newLog(t)
+	begin := func() *sqliteTx {
+		t.Helper()
+		tx, err := f.st.BeginAppend(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tx.(*sqliteTx)
+	}
+	tx := begin()
+	tx.Rollback()
+	steps := []struct {
+		name  string
+		other string // statement another connection commits before the begin
+		want  bool
+	}{
+		{"nothing in between", "", true},
+		{"another connection's table write", "CREATE TABLE IF NOT EXISTS other(x)", false},
+		{"quiet again", "", true},
+		{"another connection's row", "INSERT INTO other VALUES (1)", false},
+	}
+	for _, s := range steps {
+		if s.other != "" {
+			if _, err := f.db.ExecContext(ctx, s.other); err != nil {
+				t.Fatal(err)
+			}
+		}
+		tx := begin()
+		if got := tx.Undisturbed(); got != s.want {
+			t.Errorf("%s: Undisturbed = %v, want %v", s.name, got, s.want)
+		}
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Another process (another database handle on the file) likewise.
+	g := openLog(t, f.path)
+	if _, err := g.log.Append(ctx, entryData(0)); err != nil {
+		t.Fatal(err)
+	}
+	if tx := begin(); tx.Undisturbed() {
+		t.Error("Undisturbed after another handle appended")
+		tx.Rollback()
+	} else {
+		tx.Rollback()
+	}
+	// And the Log notices: its next append is at index 1, over a tree it
+	// re-derived from storage.
+	if first, err := f.log.Append(ctx, entryData(1)); err != nil || first != 1 {
+		t.Fatalf("Append after another handle's append = %d, %v; want 1", first, err)
+	}
+
+	// Append transactions of one storage run one at a time.
+	tx = begin()
+	second := make(chan AppendTx, 1)
+	go func() {
+		tx, err := f.st.BeginAppend(ctx)
+		if err != nil {
+			t.Error(err)
+		}
+		second <- tx
+	}()
+	select {
+	case <-second:
+		t.Fatal("a second append transaction began while the first was open")
+	case <-time.After(50 * time.Millisecond):
+	}
+	tx.Rollback()
+	if tx2 := <-second; tx2 != nil {
+		tx2.Rollback()
 	}
 }

@@ -448,6 +448,15 @@ func (l *Log) open(ctx context.Context) (_ *batchTx, err error) {
 		// checkpoint commits to, and hashing it again is not needed. Any
 		// difference takes the full path below, which re-derives the root
 		// from what is stored and refuses a mismatch.
+		if u, ok := tx.(undisturbedTx); ok && u.Undisturbed() {
+			// Nobody else has written since this Log's last append
+			// began (it held the write lock until its commit, after
+			// which the border was taken): the stored edge tiles are
+			// the ones it wrote, without reading them back.
+			if rng, err := l.factory.NewRange(0, b.size, append([][]byte(nil), b.hashes...)); err == nil {
+				return &batchTx{tx: tx, count: count, rng: rng, edge: b.edge}, nil
+			}
+		}
 		if rng, edge, ok := l.reuseBorder(ctx, tx, b); ok {
 			return &batchTx{tx: tx, count: count, rng: rng, edge: edge}, nil
 		}

@@ -54,6 +54,17 @@ type Storage interface {
 	ScanCheckpoints(ctx context.Context, fn func(size uint64, note []byte) error) error
 }
 
+// An undisturbedTx is an AppendTx that can tell that no one but its
+// Storage's own append transactions has committed to the store since the
+// previous one began (SQLiteStorage's can). A Log whose last commit was
+// that previous transaction then knows the stored border without reading
+// it. The entry count and latest checkpoint are still compared, which
+// also covers two Logs appending through one Storage.
+type undisturbedTx interface {
+	AppendTx
+	Undisturbed() bool
+}
+
 // AppendTx is an exclusive append transaction (see Storage.BeginAppend).
 // Nothing written through it is visible to readers before Commit returns
 // nil; after Rollback, or a failed Commit, nothing of it is ever visible.

@@ -199,8 +199,16 @@ func VerifyChain(events []*Event) error {
 	return nil
 }
 
-// ShortID returns the first 12 characters of an id for display.
+// ShortID returns 12 characters of an id for display: for a 32-hex-digit
+// identifier (action.NewID), its last 12, which are random (its first 12
+// are the time it was made, shared by identifiers made together); for
+// anything else, such as a "sha256:" digest, the first 12 of its hex.
+// Commands that take an execution or task id accept either end (see
+// gateway.ResolveID).
 func ShortID(id string) string {
+	if len(id) == 32 && strings.Trim(id, "0123456789abcdef") == "" {
+		return id[20:]
+	}
 	id = strings.TrimPrefix(id, "sha256:")
 	if len(id) > 12 {
 		return id[:12]

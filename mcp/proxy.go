@@ -43,7 +43,6 @@ import (
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/etbproject/etb/action"
-	"github.com/etbproject/etb/gateway"
 )
 
 // Version is the proxy's implementation version announced downstream.
@@ -519,7 +518,7 @@ func (p *Proxy) taskOf(ss *sdk.ServerSession) string {
 	defer p.mu.Unlock()
 	t, ok := p.tasks[ss]
 	if !ok {
-		t = gateway.NewID()
+		t = action.NewID(time.Now())
 		if ss != nil && ss.ID() != "" {
 			t = ss.ID()
 		}

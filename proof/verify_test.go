@@ -220,7 +220,7 @@ func TestVerifyRejectsSubstitutedPolicy(t *testing.T) {
 func TestVerifyRederivesDecisionFromPolicy(t *testing.T) {
 	ctx := context.Background()
 	_, tr, gw := fixture(t)
-	a := action.Action{ID: gateway.NewID(), Time: action.FormatTime(time.Now()),
+	a := action.Action{ID: action.NewID(time.Now()), Time: action.FormatTime(time.Now()),
 		Principal: action.Principal{ID: "spiffe://etb.local/user/1"},
 		Action:    action.Spec{Kind: action.KindShellExec, Name: "rm", Args: []string{"-rf", "/"}, Target: action.Target{Program: "/usr/bin/rm"}}}
 	if err := a.Normalize(); err != nil {

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/etbproject/etb/lineage"
 )
 
 // These tests build the etb binary and run real commands through it.
@@ -262,11 +264,24 @@ func TestLogAndShow(t *testing.T) {
 			echoID = s.ID
 		}
 	}
-	s := etb(t, home, "log", "show", echoID[:10])
-	for _, want := range []string{"intent", "decision", "grant", "start", "end"} {
-		if !strings.Contains(s.stdout, want) {
-			t.Errorf("log show lacks %s:\n%s", want, s.stdout)
+	// What `etb log` prints (the id's random end), a start of it, a
+	// prefix long enough to pass the shared time digits, and the whole id
+	// all name the execution.
+	short := lineage.ShortID(echoID)
+	if !strings.Contains(r.stdout, short) {
+		t.Errorf("etb log does not print %s for %s:\n%s", short, echoID, r.stdout)
+	}
+	for _, part := range []string{short, short[:6], echoID[:24], echoID} {
+		s := etb(t, home, "log", "show", part)
+		for _, want := range []string{"intent", "decision", "grant", "start", "end"} {
+			if !strings.Contains(s.stdout, want) {
+				t.Errorf("log show %s lacks %s:\n%s%s", part, want, s.stdout, s.stderr)
+			}
 		}
+	}
+	// The first digits are the time, shared by both executions here.
+	if a := etb(t, home, "log", "show", echoID[:6]); a.code == 0 || !strings.Contains(a.stderr, "ambiguous") {
+		t.Errorf("log show %s (shared time digits): exit %d, %s", echoID[:6], a.code, a.stderr)
 	}
 	if s := etb(t, home, "log", "show", "ffffffffffff"); s.code == 0 {
 		t.Errorf("log show of an unknown id succeeded")
