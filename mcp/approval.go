@@ -122,7 +122,7 @@ func (p *Proxy) resume(ss *sdk.ServerSession, state, digest string, responses sd
 	pk := p.unpark(state)
 	switch {
 	case pk == nil:
-		return nil, fmt.Errorf("approval state %.40q is unknown, expired or already used", state)
+		return nil, fmt.Errorf("request state %.40q is unknown, expired or already used", state)
 	}
 	pk.timer.Stop()
 	var err error

@@ -254,6 +254,8 @@ type Proxy struct {
 	pinned   bool
 	tasks    map[*sdk.ServerSession]string // session → task id
 	parked   map[string]*parked            // request state → execution awaiting approval
+	relays   map[string]*relay             // request state → call awaiting its client's input (relay.go)
+	inflight map[*relay]bool               // calls being forwarded upstream
 	// progress routes the upstream's progress notifications to the
 	// session whose forwarded request carries the token.
 	progress map[string]*route
@@ -273,7 +275,8 @@ func New(b Boundary, opt Options) *Proxy {
 		opt.Log = func(string, ...any) {}
 	}
 	return &Proxy{b: b, opt: opt, pins: map[string]string{}, mirrored: map[string]bool{}, current: map[string]*sdk.Tool{},
-		changed: map[string]string{}, tasks: map[*sdk.ServerSession]string{}, parked: map[string]*parked{}, progress: map[string]*route{}}
+		changed: map[string]string{}, tasks: map[*sdk.ServerSession]string{}, parked: map[string]*parked{}, progress: map[string]*route{},
+		relays: map[string]*relay{}, inflight: map[*relay]bool{}}
 }
 
 // ClientOptions are the upstream client options the proxy needs (it
@@ -281,6 +284,7 @@ func New(b Boundary, opt Options) *Proxy {
 func (p *Proxy) ClientOptions() *sdk.ClientOptions {
 	o := p.clientOptions()
 	p.passThroughClient(o)
+	p.relayHandlers(o)
 	return o
 }
 
@@ -573,12 +577,20 @@ func (p *Proxy) callTool(ctx context.Context, ss *sdk.ServerSession, params *sdk
 	// What is forwarded is exactly the canonical arguments the grant's
 	// digest covers.
 	fwd := json.RawMessage(spec.Args[0])
-	var res *sdk.CallToolResult
+	digest, err := spec.Digest()
+	if err != nil {
+		return Refused("refused: %v", err), nil
+	}
 	extra := func(r *request) { r.ask = p.asker(ss) }
 	if params.RequestState != "" {
-		digest, err := spec.Digest()
-		if err != nil {
-			return Refused("refused: %v", err), nil
+		// The client's answer to an input request of a call in flight
+		// (relay.go), or to an approval (approval.go).
+		if res, ok, err := p.resumeRelay(ctx, ss, params.RequestState, digest, params.InputResponses); ok {
+			if err != nil {
+				p.opt.Log("refused %s: %v", spec.Name, err)
+				return Refused("refused: %v", err), nil
+			}
+			return res, nil
 		}
 		rs, err := p.resume(ss, params.RequestState, digest, params.InputResponses)
 		if err != nil {
@@ -587,26 +599,30 @@ func (p *Proxy) callTool(ctx context.Context, ss *sdk.ServerSession, params *sdk
 		}
 		extra = func(r *request) { r.resume = rs }
 	}
-	refused, err := p.govern(ctx, ss, meta, spec, env, refusal, func(ctx context.Context, _ granted) (any, bool, error) {
-		defer p.routeProgress(params.GetProgressToken(), ss)()
-		r, err := p.upstream.CallTool(ctx, &sdk.CallToolParams{Meta: meta, Name: tool, Arguments: fwd})
-		if err != nil {
-			return nil, false, err
+	return p.relayCall(ctx, ss, digest, func(ctx context.Context) (*sdk.CallToolResult, error) {
+		var res *sdk.CallToolResult
+		refused, err := p.govern(ctx, ss, meta, spec, env, refusal, func(ctx context.Context, _ granted) (any, bool, error) {
+			defer p.routeProgress(params.GetProgressToken(), ss)()
+			defer p.forwarding(ctx)()
+			r, err := p.upstream.CallTool(ctx, &sdk.CallToolParams{Meta: meta, Name: tool, Arguments: fwd})
+			if err != nil {
+				return nil, false, err
+			}
+			res = r
+			return r, r.IsError, nil
+		}, extra)
+		var ask *needsApproval
+		if errors.As(err, &ask) {
+			return approvalRequest(ask), nil
 		}
-		res = r
-		return r, r.IsError, nil
-	}, extra)
-	var ask *needsApproval
-	if errors.As(err, &ask) {
-		return approvalRequest(ask), nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	if refused != "" {
-		return Refused("%s", refused), nil
-	}
-	return res, nil
+		if err != nil {
+			return nil, err
+		}
+		if refused != "" {
+			return Refused("%s", refused), nil
+		}
+		return res, nil
+	})
 }
 
 // govern runs one request through the boundary: the action is spec in
