@@ -160,6 +160,11 @@ func (g *Gateway) Close() error {
 	return errors.Join(errs...)
 }
 
+// LogStats reports how many append batches and entries this Gateway's
+// ledger committed since it was opened (group commit at work: entries per
+// batch).
+func (g *Gateway) LogStats() ledger.Stats { return g.log.Stats() }
+
 // Config returns the home's configuration.
 func (g *Gateway) Config() Config { return g.cfg }
 

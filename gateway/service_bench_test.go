@@ -89,6 +89,7 @@ func BenchmarkServiceIntents(b *testing.B) {
 	}
 	lat := make([]time.Duration, 0, b.N)
 	b.SetParallelism(32)
+	before := e.g.LogStats()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		c := <-clients
@@ -114,4 +115,7 @@ func BenchmarkServiceIntents(b *testing.B) {
 		b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 	}
 	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "decisions/s")
+	if st := e.g.LogStats(); st.Batches > before.Batches {
+		b.ReportMetric(float64(st.Entries-before.Entries)/float64(st.Batches-before.Batches), "entries/batch")
+	}
 }
