@@ -340,6 +340,7 @@ func (p *Proxy) connected() bool {
 // builds the downstream server mirroring them.
 func (p *Proxy) Connect(ctx context.Context, t sdk.Transport, up Upstream) error {
 	c := sdk.NewClient(&sdk.Implementation{Name: "etb-mcp-proxy", Version: Version}, p.ClientOptions())
+	c.AddReceivingMiddleware(p.relayRoots)
 	cs, err := c.Connect(ctx, t, nil)
 	if err != nil {
 		return fmt.Errorf("mcp: connect upstream: %w", err)

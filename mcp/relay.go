@@ -27,7 +27,7 @@ import (
 // request from the go-sdk server, which calls the tool again for them).
 //
 // Each relayed request is an action of its own (KindSampling,
-// KindElicitation) in the session's task, decided by policy before the
+// KindElicitation, KindRoots) in the session's task, decided by policy before the
 // client sees it; a refusal is an error to the upstream, which never sees
 // the client. The forwarded call keeps running, under its grant and lease,
 // while the client answers: it runs beside the downstream request, which
@@ -40,6 +40,7 @@ import (
 const (
 	KindSampling    = "mcp.sampling"
 	KindElicitation = "mcp.elicitation"
+	KindRoots       = "mcp.roots"
 )
 
 // relayKey carries a call's *relay in the context of its upstream request.
@@ -261,6 +262,30 @@ func (p *Proxy) askClient(ctx context.Context, kind, method string, params sdk.I
 		return nil, errors.New(refused)
 	}
 	return answer, nil
+}
+
+// relayRoots is a receiving middleware of the upstream client: a roots/list
+// request of its own made during a tool call is relayed to that call's
+// client (as sampling is); outside a call, the upstream client answers from
+// its own (empty) list, as it did before relaying. (An input request for
+// roots is answered by the go-sdk client itself, without middleware: the
+// same empty list.)
+func (p *Proxy) relayRoots(next sdk.MethodHandler) sdk.MethodHandler {
+	return func(ctx context.Context, method string, req sdk.Request) (sdk.Result, error) {
+		if method != "roots/list" || p.relayOf(ctx) == nil {
+			return next(ctx, method, req)
+		}
+		r, err := p.askClient(ctx, KindRoots, method, &sdk.ListRootsParams{},
+			func(c *sdk.ClientCapabilities) bool { return c.RootsV2 != nil || c.Roots != (sdk.RootCapabilities{}) })
+		if err != nil {
+			return nil, err
+		}
+		res, ok := r.(*sdk.ListRootsResult)
+		if !ok {
+			return nil, fmt.Errorf("etb: the client answered roots/list with %T", r)
+		}
+		return res, nil
+	}
 }
 
 // relayHandlers makes the upstream client relay sampling and elicitation

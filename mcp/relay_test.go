@@ -192,3 +192,52 @@ rules:
 		t.Errorf("sampling executions (newest first) %q: want the answered one ended, the refused one not", g)
 	}
 }
+
+// TestRootsRelayed: server-everything asks for the client's roots while
+// serving get-roots-list; through `etb mcp` the request is an mcp.roots
+// action, and the roots the client has are what the server lists. With
+// mcp.roots forbidden, the server does not learn them.
+func TestRootsRelayed(t *testing.T) {
+	ev := peer(t, "server-everything")
+	for _, permit := range []bool{true, false} {
+		home := t.TempDir()
+		effect := "forbid"
+		if permit {
+			effect = "permit"
+		}
+		pol := policyFile(t, `version: etb.policy/v1
+name: mcp-roots
+rules:
+  - id: roots-tool
+    effect: permit
+    match: {kind: mcp.tool_call, name: mcp-servers/everything/get-roots-list}
+  - id: roots
+    effect: `+effect+`
+    match: {kind: mcp.roots, name: mcp-servers/everything/roots/list}
+`)
+		c := sdk.NewClient(&sdk.Implementation{Name: "etb-test-client", Version: "1"}, nil)
+		c.AddRoots(&sdk.Root{URI: "file:///srv/etb-project", Name: "the project"})
+		cmd := exec.Command(etbBin, append([]string{"--home", home, "mcp", "--policy", pol, "--"}, append(ev, "stdio")...)...)
+		cmd.Stderr = testWriter{t}
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		cs, err := c.Connect(ctx, &sdk.CommandTransport{Command: cmd}, nil)
+		if err != nil {
+			cancel()
+			t.Fatalf("connect to etb mcp: %v", err)
+		}
+		res := call(t, cs, "get-roots-list", map[string]any{})
+		listed := strings.Contains(text(res), "file:///srv/etb-project")
+		if listed != permit {
+			t.Errorf("mcp.roots %s: the server listed the client's root: %v (%q)", effect, listed, text(res))
+		}
+		cs.Close()
+		cancel()
+		kinds := map[string]string{}
+		for _, s := range verifyAll(t, home, pol, 3) {
+			kinds[s.Kind] = s.Decision
+		}
+		if want := map[bool]string{true: "permit", false: "deny"}[permit]; kinds["mcp.roots"] != want {
+			t.Errorf("mcp.roots decision %q, want %q (%v)", kinds["mcp.roots"], want, kinds)
+		}
+	}
+}
