@@ -290,6 +290,9 @@ func (p *Proxy) ClientOptions() *sdk.ClientOptions {
 
 func (p *Proxy) clientOptions() *sdk.ClientOptions {
 	return &sdk.ClientOptions{
+		// Input-required results come back to the proxy, which relays
+		// their input requests, governed (fulfill in relay.go).
+		MultiRoundTrip: &sdk.MultiRoundTripOptions{Disabled: true},
 		ProgressNotificationHandler: func(ctx context.Context, req *sdk.ProgressNotificationClientRequest) {
 			p.mu.Lock()
 			r := p.progress[progressKey(req.Params.ProgressToken)]
@@ -340,7 +343,6 @@ func (p *Proxy) connected() bool {
 // builds the downstream server mirroring them.
 func (p *Proxy) Connect(ctx context.Context, t sdk.Transport, up Upstream) error {
 	c := sdk.NewClient(&sdk.Implementation{Name: "etb-mcp-proxy", Version: Version}, p.ClientOptions())
-	c.AddReceivingMiddleware(p.relayRoots)
 	cs, err := c.Connect(ctx, t, nil)
 	if err != nil {
 		return fmt.Errorf("mcp: connect upstream: %w", err)
@@ -586,7 +588,7 @@ func (p *Proxy) callTool(ctx context.Context, ss *sdk.ServerSession, params *sdk
 	if params.RequestState != "" {
 		// The client's answer to an input request of a call in flight
 		// (relay.go), or to an approval (approval.go).
-		if res, ok, err := p.resumeRelay(ctx, ss, params.RequestState, digest, params.InputResponses); ok {
+		if res, ok, err := relayResume(ctx, p, ss, params.RequestState, digest, params.InputResponses, toolInput); ok {
 			if err != nil {
 				p.opt.Log("refused %s: %v", spec.Name, err)
 				return Refused("refused: %v", err), nil
@@ -600,12 +602,16 @@ func (p *Proxy) callTool(ctx context.Context, ss *sdk.ServerSession, params *sdk
 		}
 		extra = func(r *request) { r.resume = rs }
 	}
-	return p.relayCall(ctx, ss, digest, func(ctx context.Context) (*sdk.CallToolResult, error) {
+	return relayRun(ctx, p, ss, digest, func(ctx context.Context) (*sdk.CallToolResult, error) {
 		var res *sdk.CallToolResult
 		refused, err := p.govern(ctx, ss, meta, spec, env, refusal, func(ctx context.Context, _ granted) (any, bool, error) {
 			defer p.routeProgress(params.GetProgressToken(), ss)()
 			defer p.forwarding(ctx)()
-			r, err := p.upstream.CallTool(ctx, &sdk.CallToolParams{Meta: meta, Name: tool, Arguments: fwd})
+			r, err := fulfill(ctx, p, func(r *sdk.CallToolResult) (sdk.InputRequestMap, string) { return r.InputRequests, r.RequestState },
+				func(ctx context.Context, state string, answers sdk.InputResponseMap) (*sdk.CallToolResult, error) {
+					return p.upstream.CallTool(ctx, &sdk.CallToolParams{Meta: meta, Name: tool, Arguments: fwd,
+						RequestState: state, InputResponses: answers})
+				})
 			if err != nil {
 				return nil, false, err
 			}
@@ -623,7 +629,12 @@ func (p *Proxy) callTool(ctx context.Context, ss *sdk.ServerSession, params *sdk
 			return Refused("%s", refused), nil
 		}
 		return res, nil
-	})
+	}, toolInput)
+}
+
+// toolInput is a tools/call result asking for input.
+func toolInput(state string, m sdk.InputRequestMap) *sdk.CallToolResult {
+	return &sdk.CallToolResult{RequestState: state, InputRequests: m}
 }
 
 // govern runs one request through the boundary: the action is spec in

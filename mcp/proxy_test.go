@@ -196,6 +196,7 @@ func inProcessWith(t testing.TB, policySrc string, copt *sdk.ClientOptions) (p *
 			calls.cancelled.Add(1)
 			return nil, ctx.Err()
 		})
+	addAskers(up)
 	ut, pt := sdk.NewInMemoryTransports()
 	if _, err := up.Connect(ctx, ut, nil); err != nil {
 		t.Fatal(err)
@@ -525,11 +526,11 @@ func TestHideDenied(t *testing.T) {
 		}
 		return names
 	}
-	if got := strings.Join(list(), ","); got != "block,count,progress" {
+	if got := strings.Join(list(), ","); got != "ask,block,count,progress" {
 		t.Fatalf("tools without hiding: %s", got)
 	}
 	p.opt.MayPermit = p.b.(embedded).gw.Policy().MayPermit
-	p.server.RemoveTools("block", "count", "progress")
+	p.server.RemoveTools("ask", "block", "count", "progress")
 	p.mu.Lock()
 	p.pins, p.current, p.mirrored = map[string]string{}, map[string]*sdk.Tool{}, map[string]bool{}
 	p.mu.Unlock()

@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -15,26 +17,29 @@ import (
 	"github.com/etbproject/etb/action"
 )
 
-// While a forwarded tools/call runs, the upstream may ask the client for
-// input: an LLM completion (sampling/createMessage) or the user's answer
-// (elicitation/create), either as a request of its own (protocol versions
-// before 2026-07-28) or as input requests in an input-required result,
-// which the go-sdk client fulfills through the same handlers. The proxy
-// relays each to the downstream client in the one form a server may use
-// while serving a request: the downstream call's result carries the input
-// request and an opaque request state; the client calls again with the
-// same arguments, the state and its answer (older clients get a real
-// request from the go-sdk server, which calls the tool again for them).
+// While it serves a forwarded request (tools/call, resources/read,
+// prompts/get), the upstream may ask the client for input: an LLM
+// completion (sampling/createMessage), the user's answer
+// (elicitation/create) or the client's roots (roots/list). Under protocol
+// 2026-07-28 it does so with input requests in an input-required result
+// (SEP-2322), which the proxy's upstream client hands back to the proxy
+// (fulfill); before, sampling and elicitation come as requests of their own
+// (relayHandlers), tied to the latest call in flight. The proxy relays
+// each to the downstream client in the one form a server may use while
+// serving a request: the downstream result carries the input request and
+// an opaque request state; the client sends the same request again with
+// the state and its answer (older clients get a real request from the
+// go-sdk server, which calls the handler again for them).
 //
 // Each relayed request is an action of its own (KindSampling,
-// KindElicitation, KindRoots) in the session's task, decided by policy before the
-// client sees it; a refusal is an error to the upstream, which never sees
-// the client. The forwarded call keeps running, under its grant and lease,
-// while the client answers: it runs beside the downstream request, which
-// only waits for its outcome or its next input request. Only the session
-// the call came from, with arguments of the same action digest, may
-// answer, once per state; an unanswered request ends the call after
-// Options.ApprovalWait (default two minutes).
+// KindElicitation, KindRoots) in the session's task, decided by policy
+// before the client sees it; a refusal is an error to the upstream, which
+// never sees the client. The forwarded request keeps running, under its
+// grant and lease, while the client answers: it runs beside the downstream
+// request, which only waits for its outcome or its next input request.
+// Only the session the request came from, with arguments of the same
+// action digest, may answer, once per state; an unanswered request ends
+// after Options.ApprovalWait (default two minutes).
 
 // Kinds of the upstream's requests for client input.
 const (
@@ -46,7 +51,8 @@ const (
 // relayKey carries a call's *relay in the context of its upstream request.
 type relayKey struct{}
 
-// relay is one forwarded tools/call and the input requests it makes.
+// relay is one forwarded request (tools/call, resources/read, prompts/get)
+// and the input requests the upstream makes while serving it.
 type relay struct {
 	ss     *sdk.ServerSession
 	digest string // the call's action digest: an answer must come with the same call
@@ -62,7 +68,7 @@ type relay struct {
 }
 
 type relayOutcome struct {
-	res *sdk.CallToolResult
+	res any // the request's result type
 	err error
 }
 
@@ -78,11 +84,11 @@ type inputAnswer struct {
 	err error
 }
 
-// relayCall runs govern for a tools/call beside the downstream request and
-// returns what the client gets: the call's result, or its first input
-// request.
-func (p *Proxy) relayCall(ctx context.Context, ss *sdk.ServerSession, digest string,
-	run func(ctx context.Context) (*sdk.CallToolResult, error)) (*sdk.CallToolResult, error) {
+// relayRun runs run (which governs and forwards one request) beside the
+// downstream request ctx, and returns what the client gets: the outcome,
+// or the first input request, as needInput makes it into a result.
+func relayRun[R any](ctx context.Context, p *Proxy, ss *sdk.ServerSession, digest string,
+	run func(ctx context.Context) (R, error), needInput func(state string, m sdk.InputRequestMap) R) (R, error) {
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	rel := &relay{ss: ss, digest: digest, cancel: cancel, asks: make(chan *inputAsk), done: make(chan relayOutcome, 1)}
 	bg = context.WithValue(bg, relayKey{}, rel)
@@ -91,14 +97,16 @@ func (p *Proxy) relayCall(ctx context.Context, ss *sdk.ServerSession, digest str
 		res, err := run(bg)
 		rel.done <- relayOutcome{res, err}
 	}()
-	return p.await(ctx, rel)
+	return relayAwait(ctx, p, rel, needInput)
 }
 
-// await waits for rel's outcome or its next input request.
-func (p *Proxy) await(ctx context.Context, rel *relay) (*sdk.CallToolResult, error) {
+// relayAwait waits for rel's outcome or its next input request.
+func relayAwait[R any](ctx context.Context, p *Proxy, rel *relay, needInput func(string, sdk.InputRequestMap) R) (R, error) {
+	var zero R
 	select {
 	case out := <-rel.done:
-		return out.res, out.err
+		res, _ := out.res.(R)
+		return res, out.err
 	case ask := <-rel.asks:
 		state := newState()
 		wait := p.opt.ApprovalWait
@@ -109,7 +117,7 @@ func (p *Proxy) await(ctx context.Context, rel *relay) (*sdk.CallToolResult, err
 		rel.state, rel.ask = state, ask
 		rel.timer = time.AfterFunc(wait, func() {
 			if p.takeRelay(state) != nil {
-				p.opt.Log("input request %s: the client did not answer within %s; ending the call", ask.id, wait)
+				p.opt.Log("input request %s: the client did not answer within %s; ending the request", ask.id, wait)
 				ask.answer <- inputAnswer{err: fmt.Errorf("etb: the client did not answer within %s", wait)}
 				rel.cancel()
 			}
@@ -118,9 +126,9 @@ func (p *Proxy) await(ctx context.Context, rel *relay) (*sdk.CallToolResult, err
 		p.mu.Lock()
 		p.relays[state] = rel
 		p.mu.Unlock()
-		return &sdk.CallToolResult{RequestState: state, InputRequests: sdk.InputRequestMap{ask.id: ask.req}}, nil
+		return needInput(state, sdk.InputRequestMap{ask.id: ask.req}), nil
 	case <-ctx.Done():
-		// The client gave up on the call: so does the proxy (the
+		// The client gave up on the request: so does the proxy (the
 		// upstream gets notifications/cancelled, the execution its
 		// interrupt).
 		rel.cancel()
@@ -128,7 +136,7 @@ func (p *Proxy) await(ctx context.Context, rel *relay) (*sdk.CallToolResult, err
 		if out.err == nil {
 			out.err = ctx.Err()
 		}
-		return nil, out.err
+		return zero, out.err
 	}
 }
 
@@ -141,13 +149,15 @@ func (p *Proxy) takeRelay(state string) *relay {
 	return rel
 }
 
-// resumeRelay gives the client's answer to the call parked under state
-// and waits for what comes next. ok is false when no call is parked under
-// state (it may be an approval's).
-func (p *Proxy) resumeRelay(ctx context.Context, ss *sdk.ServerSession, state, digest string, responses sdk.InputResponseMap) (_ *sdk.CallToolResult, ok bool, err error) {
+// relayResume gives the client's answer to the request parked under state
+// and waits for what comes next. ok is false when no request is parked
+// under state (it may be an approval's).
+func relayResume[R any](ctx context.Context, p *Proxy, ss *sdk.ServerSession, state, digest string, responses sdk.InputResponseMap,
+	needInput func(string, sdk.InputRequestMap) R) (_ R, ok bool, err error) {
+	var zero R
 	rel := p.takeRelay(state)
 	if rel == nil {
-		return nil, false, nil
+		return zero, false, nil
 	}
 	rel.mu.Lock()
 	rel.timer.Stop()
@@ -159,20 +169,20 @@ func (p *Proxy) resumeRelay(ctx context.Context, ss *sdk.ServerSession, state, d
 	case rel.ss != ss:
 		refuse = fmt.Errorf("request state %.40q belongs to another session", state)
 	case rel.digest != digest:
-		refuse = fmt.Errorf("the input was asked for action %s, this call is %s: the arguments changed", rel.digest, digest)
+		refuse = fmt.Errorf("the input was asked for action %s, this request is %s: the arguments changed", rel.digest, digest)
 	}
 	if refuse != nil {
 		ask.answer <- inputAnswer{err: fmt.Errorf("etb: %w", refuse)}
 		rel.cancel()
 		<-rel.done
-		return nil, true, refuse
+		return zero, true, refuse
 	}
 	if r, found := responses[ask.id]; found && r != nil {
 		ask.answer <- inputAnswer{res: r}
 	} else {
 		ask.answer <- inputAnswer{err: fmt.Errorf("etb: the client gave no answer to input request %s", ask.id)}
 	}
-	res, err := p.await(ctx, rel)
+	res, err := relayAwait(ctx, p, rel, needInput)
 	return res, true, err
 }
 
@@ -264,36 +274,77 @@ func (p *Proxy) askClient(ctx context.Context, kind, method string, params sdk.I
 	return answer, nil
 }
 
-// relayRoots is a receiving middleware of the upstream client: a roots/list
-// request of its own made during a tool call is relayed to that call's
-// client (as sampling is); outside a call, the upstream client answers from
-// its own (empty) list, as it did before relaying. (An input request for
-// roots is answered by the go-sdk client itself, without middleware: the
-// same empty list.)
-func (p *Proxy) relayRoots(next sdk.MethodHandler) sdk.MethodHandler {
-	return func(ctx context.Context, method string, req sdk.Request) (sdk.Result, error) {
-		if method != "roots/list" || p.relayOf(ctx) == nil {
-			return next(ctx, method, req)
+// inputResult is a result that may ask for input (SEP-2322).
+type inputResult interface {
+	*sdk.CallToolResult | *sdk.ReadResourceResult | *sdk.GetPromptResult
+	NeedsInput() bool
+}
+
+// maxInputRounds bounds how many times one request may ask for input.
+const maxInputRounds = 10
+
+// fulfill calls the upstream (call, with the request state and answers of
+// the previous round), and while the result asks for input relays each
+// input request to the client (askInput, each governed) and calls again
+// with the answers. The upstream client's own automatic fulfilment is off
+// (Connect), so that every input request is tied to the request it came
+// with.
+func fulfill[R inputResult](ctx context.Context, p *Proxy, inputs func(R) (sdk.InputRequestMap, string),
+	call func(ctx context.Context, state string, answers sdk.InputResponseMap) (R, error)) (R, error) {
+	var state string
+	var answers sdk.InputResponseMap
+	for round := 0; ; round++ {
+		r, err := call(ctx, state, answers)
+		if err != nil || r == nil || !r.NeedsInput() {
+			return r, err
 		}
-		r, err := p.askClient(ctx, KindRoots, method, &sdk.ListRootsParams{},
-			func(c *sdk.ClientCapabilities) bool { return c.RootsV2 != nil || c.Roots != (sdk.RootCapabilities{}) })
-		if err != nil {
-			return nil, err
+		var reqs sdk.InputRequestMap
+		reqs, state = inputs(r)
+		if len(reqs) == 0 || round+1 >= maxInputRounds {
+			var zero R
+			return zero, fmt.Errorf("etb: the upstream asked for input %d times (at most %d), or asked for none", round+1, maxInputRounds)
 		}
-		res, ok := r.(*sdk.ListRootsResult)
-		if !ok {
-			return nil, fmt.Errorf("etb: the client answered roots/list with %T", r)
+		answers = make(sdk.InputResponseMap, len(reqs))
+		for _, id := range slices.Sorted(maps.Keys(reqs)) {
+			a, err := p.askInput(ctx, reqs[id])
+			if err != nil {
+				var zero R
+				return zero, fmt.Errorf("etb: input request %q of the upstream: %w", id, err)
+			}
+			answers[id] = a
 		}
-		return res, nil
 	}
 }
 
+// askInput relays one input request of the upstream (of any kind).
+func (p *Proxy) askInput(ctx context.Context, ir sdk.InputRequest) (sdk.InputResponse, error) {
+	switch ir := ir.(type) {
+	case *sdk.CreateMessageParams:
+		return p.askClient(ctx, KindSampling, "sampling/createMessage", ir, samplingCap)
+	case *sdk.CreateMessageWithToolsParams:
+		return p.askClient(ctx, KindSampling, "sampling/createMessage", ir, samplingCap)
+	case *sdk.ElicitParams:
+		return p.askClient(ctx, KindElicitation, "elicitation/create", ir, elicitationCap)
+	case *sdk.ListRootsParams:
+		return p.askClient(ctx, KindRoots, "roots/list", ir, rootsCap)
+	}
+	return nil, fmt.Errorf("unknown input request %T", ir)
+}
+
+func samplingCap(c *sdk.ClientCapabilities) bool    { return c.Sampling != nil }
+func elicitationCap(c *sdk.ClientCapabilities) bool { return c.Elicitation != nil }
+func rootsCap(c *sdk.ClientCapabilities) bool       { return c.RootsV2 != nil }
+
 // relayHandlers makes the upstream client relay sampling and elicitation
-// (and so declare both capabilities upstream).
+// requests of their own (protocol versions before 2026-07-28), and so
+// declare both capabilities upstream. Such a request is tied to the latest
+// call in flight (relayOf). A roots/list of its own is answered by the
+// upstream client from its own, empty, list: it is not tied to a call (a
+// server typically asks right after initialization), and a client's roots
+// are disclosed only through a relay tied to a request.
 func (p *Proxy) relayHandlers(o *sdk.ClientOptions) {
 	o.CreateMessageWithToolsHandler = func(ctx context.Context, req *sdk.CreateMessageWithToolsRequest) (*sdk.CreateMessageWithToolsResult, error) {
-		r, err := p.askClient(ctx, KindSampling, "sampling/createMessage", req.Params,
-			func(c *sdk.ClientCapabilities) bool { return c.Sampling != nil })
+		r, err := p.askClient(ctx, KindSampling, "sampling/createMessage", req.Params, samplingCap)
 		if err != nil {
 			return nil, err
 		}
@@ -304,8 +355,7 @@ func (p *Proxy) relayHandlers(o *sdk.ClientOptions) {
 		return res, nil
 	}
 	o.ElicitationHandler = func(ctx context.Context, req *sdk.ElicitRequest) (*sdk.ElicitResult, error) {
-		r, err := p.askClient(ctx, KindElicitation, "elicitation/create", req.Params,
-			func(c *sdk.ClientCapabilities) bool { return c.Elicitation != nil })
+		r, err := p.askClient(ctx, KindElicitation, "elicitation/create", req.Params, elicitationCap)
 		if err != nil {
 			return nil, err
 		}

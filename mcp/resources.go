@@ -75,19 +75,17 @@ func (p *Proxy) ReadResource(ctx context.Context, ss *sdk.ServerSession, params 
 	if err != nil {
 		return nil, refusedError("etb: refused: " + err.Error())
 	}
-	var res *sdk.ReadResourceResult
-	refused, err := p.govern(ctx, ss, params.Meta, spec, nil, "", func(ctx context.Context, _ granted) (any, bool, error) {
-		r, err := p.upstream.ReadResource(ctx, &sdk.ReadResourceParams{Meta: params.Meta, URI: spec.Args[0]})
-		res = r
-		return r, false, err
-	})
-	if err != nil {
-		return nil, err
-	}
-	if refused != "" {
-		return nil, refusedError(refused)
-	}
-	return res, nil
+	return governRead(ctx, p, ss, params.Meta, spec, params.RequestState, params.InputResponses,
+		func(ctx context.Context) (*sdk.ReadResourceResult, error) {
+			return fulfill(ctx, p, func(r *sdk.ReadResourceResult) (sdk.InputRequestMap, string) { return r.InputRequests, r.RequestState },
+				func(ctx context.Context, state string, answers sdk.InputResponseMap) (*sdk.ReadResourceResult, error) {
+					return p.upstream.ReadResource(ctx, &sdk.ReadResourceParams{Meta: params.Meta, URI: spec.Args[0],
+						RequestState: state, InputResponses: answers})
+				})
+		},
+		func(state string, m sdk.InputRequestMap) *sdk.ReadResourceResult {
+			return &sdk.ReadResourceResult{RequestState: state, InputRequests: m}
+		})
 }
 
 // GetPrompt governs one prompts/get like ReadResource.
@@ -96,25 +94,64 @@ func (p *Proxy) GetPrompt(ctx context.Context, ss *sdk.ServerSession, params *sd
 	if err != nil {
 		return nil, refusedError("etb: refused: " + err.Error())
 	}
-	var res *sdk.GetPromptResult
 	// Forward the arguments decoded from the canonical bytes the digest
 	// covers.
 	var args map[string]string
 	if err := json.Unmarshal([]byte(spec.Args[0]), &args); err != nil {
 		return nil, refusedError("etb: refused: " + err.Error())
 	}
-	refused, err := p.govern(ctx, ss, params.Meta, spec, nil, "", func(ctx context.Context, _ granted) (any, bool, error) {
-		r, err := p.upstream.GetPrompt(ctx, &sdk.GetPromptParams{Meta: params.Meta, Name: params.Name, Arguments: args})
-		res = r
-		return r, false, err
-	})
+	return governRead(ctx, p, ss, params.Meta, spec, params.RequestState, params.InputResponses,
+		func(ctx context.Context) (*sdk.GetPromptResult, error) {
+			return fulfill(ctx, p, func(r *sdk.GetPromptResult) (sdk.InputRequestMap, string) { return r.InputRequests, r.RequestState },
+				func(ctx context.Context, state string, answers sdk.InputResponseMap) (*sdk.GetPromptResult, error) {
+					return p.upstream.GetPrompt(ctx, &sdk.GetPromptParams{Meta: params.Meta, Name: params.Name, Arguments: args,
+						RequestState: state, InputResponses: answers})
+				})
+		},
+		func(state string, m sdk.InputRequestMap) *sdk.GetPromptResult {
+			return &sdk.GetPromptResult{RequestState: state, InputRequests: m}
+		})
+}
+
+// governRead runs a resources/read or prompts/get (spec; forward asks the
+// upstream) through the boundary beside the downstream request, relaying
+// the upstream's input requests (relay.go); a request that carries a
+// request state answers the one parked under it. A refusal is an error
+// with code CodeRefused.
+func governRead[R any](ctx context.Context, p *Proxy, ss *sdk.ServerSession, meta sdk.Meta, spec action.Spec,
+	state string, responses sdk.InputResponseMap, forward func(context.Context) (R, error),
+	needInput func(string, sdk.InputRequestMap) R) (R, error) {
+	var zero R
+	digest, err := spec.Digest()
 	if err != nil {
-		return nil, err
+		return zero, refusedError("etb: refused: " + err.Error())
 	}
-	if refused != "" {
-		return nil, refusedError(refused)
+	if state != "" {
+		res, ok, err := relayResume(ctx, p, ss, state, digest, responses, needInput)
+		if !ok {
+			err = fmt.Errorf("request state %.40q is unknown, expired or already used", state)
+		}
+		if err != nil {
+			return zero, refusedError("etb: refused: " + err.Error())
+		}
+		return res, nil
 	}
-	return res, nil
+	return relayRun(ctx, p, ss, digest, func(ctx context.Context) (R, error) {
+		var res R
+		refused, err := p.govern(ctx, ss, meta, spec, nil, "", func(ctx context.Context, _ granted) (any, bool, error) {
+			defer p.forwarding(ctx)()
+			r, err := forward(ctx)
+			res = r
+			return r, false, err
+		})
+		if err != nil {
+			return zero, err
+		}
+		if refused != "" {
+			return zero, refusedError(refused)
+		}
+		return res, nil
+	}, needInput)
 }
 
 // RefreshResources mirrors the upstream's resources and resource

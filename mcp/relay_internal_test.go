@@ -1,0 +1,121 @@
+package mcp
+
+import (
+	"context"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+// addAskers gives the in-process upstream (inProcessWith) a tool, a prompt
+// and a resource that ask their client for input the 2026-07-28 way: an
+// input-required result with one input request (sampling, roots,
+// elicitation), answered on the next call.
+func addAskers(up *sdk.Server) {
+	up.AddTool(&sdk.Tool{Name: "ask", InputSchema: map[string]any{"type": "object"}},
+		func(_ context.Context, req *sdk.CallToolRequest) (*sdk.CallToolResult, error) {
+			if r, ok := req.Params.InputResponses["llm"].(*sdk.CreateMessageWithToolsResult); ok && req.Params.RequestState == "asked-llm" {
+				var b strings.Builder
+				for _, c := range r.Content {
+					if tc, ok := c.(*sdk.TextContent); ok {
+						b.WriteString(tc.Text)
+					}
+				}
+				return &sdk.CallToolResult{Content: []sdk.Content{&sdk.TextContent{Text: "the model said: " + b.String()}}}, nil
+			}
+			return &sdk.CallToolResult{RequestState: "asked-llm", InputRequests: sdk.InputRequestMap{
+				"llm": &sdk.CreateMessageParams{MaxTokens: 5, Messages: []*sdk.SamplingMessage{
+					{Role: "user", Content: &sdk.TextContent{Text: "name a colour"}}}}}}, nil
+		})
+	up.AddPrompt(&sdk.Prompt{Name: "ask-roots"},
+		func(_ context.Context, req *sdk.GetPromptRequest) (*sdk.GetPromptResult, error) {
+			if r, ok := req.Params.InputResponses["roots"].(*sdk.ListRootsResult); ok {
+				var uris []string
+				for _, root := range r.Roots {
+					uris = append(uris, root.URI)
+				}
+				return &sdk.GetPromptResult{Messages: []*sdk.PromptMessage{{Role: "user",
+					Content: &sdk.TextContent{Text: "roots: " + strings.Join(uris, " ")}}}}, nil
+			}
+			return &sdk.GetPromptResult{RequestState: "asked-roots", InputRequests: sdk.InputRequestMap{"roots": &sdk.ListRootsParams{}}}, nil
+		})
+	up.AddResource(&sdk.Resource{URI: "ask://form", Name: "form"},
+		func(_ context.Context, req *sdk.ReadResourceRequest) (*sdk.ReadResourceResult, error) {
+			if r, ok := req.Params.InputResponses["form"].(*sdk.ElicitResult); ok {
+				return &sdk.ReadResourceResult{Contents: []*sdk.ResourceContents{{URI: "ask://form", Text: "answer: " + r.Action}}}, nil
+			}
+			return &sdk.ReadResourceResult{RequestState: "asked-form", InputRequests: sdk.InputRequestMap{
+				"form": &sdk.ElicitParams{Message: "who are you?", RequestedSchema: map[string]any{"type": "object"}}}}, nil
+		})
+}
+
+// TestInputRequestsRelayed: an upstream speaking 2026-07-28 asks for input
+// during a tool call (sampling), a prompt (roots) and a resource read
+// (elicitation). Each input request is an action of its own; permitted
+// ones reach the real go-sdk client (which answers and calls again by
+// itself) and the answer reaches the upstream; a forbidden one never
+// reaches the client.
+func TestInputRequestsRelayed(t *testing.T) {
+	var elicited atomic.Int32
+	p, _, cs, _ := inProcessWith(t, `version: etb.policy/v1
+name: t
+rules:
+  - id: askers
+    effect: permit
+    match: {kind: mcp.tool_call, name: counter/ask}
+  - id: prompt
+    effect: permit
+    match: {kind: mcp.prompt_get, name: counter/ask-roots}
+  - id: resource
+    effect: permit
+    match: {kind: mcp.resource_read, name: counter}
+  - id: sampling
+    effect: permit
+    match: {kind: mcp.sampling, name: counter/sampling/createMessage}
+    when: action.args[0].contains("name a colour")
+  - id: roots
+    effect: permit
+    match: {kind: mcp.roots, name: counter/roots/list}
+  - id: no-forms
+    effect: forbid
+    match: {kind: mcp.elicitation}
+`, &sdk.ClientOptions{
+		CreateMessageHandler: func(context.Context, *sdk.CreateMessageRequest) (*sdk.CreateMessageResult, error) {
+			return &sdk.CreateMessageResult{Role: "assistant", Model: "m", Content: &sdk.TextContent{Text: "teal"}}, nil
+		},
+		ElicitationHandler: func(context.Context, *sdk.ElicitRequest) (*sdk.ElicitResult, error) {
+			elicited.Add(1)
+			return &sdk.ElicitResult{Action: "accept"}, nil
+		},
+	})
+	ctx := context.Background()
+	res, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: "ask", Arguments: map[string]any{}})
+	if err != nil || res.IsError || len(res.Content) != 1 || !strings.Contains(res.Content[0].(*sdk.TextContent).Text, "the model said: teal") {
+		t.Fatalf("tool asking for sampling: %v %+v", err, res)
+	}
+	// The roots the test client has (none added): an empty list reaches
+	// the upstream through the relay.
+	pr, err := cs.GetPrompt(ctx, &sdk.GetPromptParams{Name: "ask-roots"})
+	if err != nil || len(pr.Messages) != 1 || !strings.HasPrefix(pr.Messages[0].Content.(*sdk.TextContent).Text, "roots:") {
+		t.Fatalf("prompt asking for roots: %v %+v", err, pr)
+	}
+	_, err = cs.ReadResource(ctx, &sdk.ReadResourceParams{URI: "ask://form"})
+	if err == nil || !strings.Contains(err.Error(), "no-forms") {
+		t.Fatalf("resource asking for a forbidden elicitation: want a refusal naming no-forms, got %v", err)
+	}
+	if n := elicited.Load(); n != 0 {
+		t.Errorf("the client was asked a forbidden elicitation %d times", n)
+	}
+	got := map[string]string{}
+	for _, s := range verifyHome(t, p, 6) {
+		got[s.Kind] += s.Decision + " "
+	}
+	for kind, want := range map[string]string{"mcp.tool_call": "permit ", "mcp.sampling": "permit ", "mcp.prompt_get": "permit ",
+		"mcp.roots": "permit ", "mcp.resource_read": "permit ", "mcp.elicitation": "deny "} {
+		if got[kind] != want {
+			t.Errorf("%s: %q, want %q", kind, got[kind], want)
+		}
+	}
+}
