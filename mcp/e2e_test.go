@@ -124,7 +124,7 @@ func session(t *testing.T, home, pol string, upstream ...string) *sdk.ClientSess
 	return cs
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Logf("etb stderr: %s", strings.TrimRight(string(b), "\n"))
@@ -544,7 +544,7 @@ func TestUpstreamTreeKilled(t *testing.T) {
 	}
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -31,7 +31,7 @@ type served struct {
 
 // startGateway initialises home, starts `etb serve --policy pol` on a
 // free port and waits until it listens.
-func startGateway(t *testing.T, pol string) *served {
+func startGateway(t testing.TB, pol string) *served {
 	t.Helper()
 	ctx := context.Background()
 	home := t.TempDir()
@@ -82,7 +82,7 @@ func startGateway(t *testing.T, pol string) *served {
 }
 
 // identity issues an SVID for id and returns its certificate and key files.
-func (s *served) identity(t *testing.T, id string) (cert, key string) {
+func (s *served) identity(t testing.TB, id string) (cert, key string) {
 	t.Helper()
 	name := strings.ReplaceAll(strings.TrimPrefix(id, "spiffe://etb.local/"), "/", "-")
 	cert, key = filepath.Join(s.home, name+".crt"), filepath.Join(s.home, name+".key")
@@ -124,7 +124,7 @@ func (s *served) stop(t *testing.T) {
 }
 
 // mcpSession starts `etb mcp --gateway` as agent id in front of upstream.
-func (s *served) mcpSession(t *testing.T, id string, extra []string, upstream ...string) *sdk.ClientSession {
+func (s *served) mcpSession(t testing.TB, id string, extra []string, upstream ...string) *sdk.ClientSession {
 	t.Helper()
 	cert, key := s.identity(t, id)
 	args := append([]string{"--home", t.TempDir(), "mcp", "--gateway", "https://" + s.addr, "--cert", cert, "--key", key,

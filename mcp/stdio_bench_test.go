@@ -13,10 +13,12 @@ import (
 
 // BenchmarkStdioToolCall measures, side by side in one run, the latency
 // of a tools/call from a go-sdk client to a stdio server (this test binary
-// as the small Go server, tool greet) directly, and through `etb mcp` as a
+// as the small Go server, tool greet) directly; through `etb mcp` as a
 // subprocess with a policy permitting it (embedded gateway, durable
-// ledger in a temporary home). It reports p50-ms and p99-ms; their
-// difference is what etb adds.
+// ledger in a temporary home); and through `etb mcp --gateway` in front of
+// `etb serve` (mTLS, the decision, grant, lease and events over HTTPS, the
+// ledger in the server's home). It reports p50-ms and p99-ms; their
+// difference to direct is what etb adds.
 //
 //	go test ./mcp/ -run '^$' -bench StdioToolCall -benchtime 400x
 func BenchmarkStdioToolCall(b *testing.B) {
@@ -25,13 +27,16 @@ func BenchmarkStdioToolCall(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Setenv("ETB_MCP_TEST_SERVER", "1")
-	run := func(b *testing.B, cmd *exec.Cmd) {
-		ctx := context.Background()
-		cs, err := sdk.NewClient(&sdk.Implementation{Name: "bench", Version: "1"}, nil).Connect(ctx, &sdk.CommandTransport{Command: cmd}, nil)
+	connect := func(b *testing.B, cmd *exec.Cmd) *sdk.ClientSession {
+		cs, err := sdk.NewClient(&sdk.Implementation{Name: "bench", Version: "1"}, nil).Connect(context.Background(), &sdk.CommandTransport{Command: cmd}, nil)
 		if err != nil {
 			b.Fatal(err)
 		}
-		defer cs.Close()
+		b.Cleanup(func() { cs.Close() })
+		return cs
+	}
+	run := func(b *testing.B, cs *sdk.ClientSession) {
+		ctx := context.Background()
 		var lat []time.Duration
 		for b.Loop() {
 			t0 := time.Now()
@@ -46,10 +51,8 @@ func BenchmarkStdioToolCall(b *testing.B) {
 		b.ReportMetric(q(0.50), "p50-ms")
 		b.ReportMetric(q(0.99), "p99-ms")
 	}
-	b.Run("direct", func(b *testing.B) { run(b, exec.Command(self)) })
-	b.Run("etb-mcp", func(b *testing.B) {
-		dir := b.TempDir()
-		pol := dir + "/policy.yaml"
+	policy := func(b *testing.B) string {
+		pol := b.TempDir() + "/policy.yaml"
 		if err := os.WriteFile(pol, []byte(`version: etb.policy/v1
 name: bench
 rules:
@@ -62,6 +65,14 @@ rules:
 `), 0o644); err != nil {
 			b.Fatal(err)
 		}
-		run(b, exec.Command(etbBin, "--home", dir+"/home", "mcp", "--policy", pol, "--", self))
+		return pol
+	}
+	b.Run("direct", func(b *testing.B) { run(b, connect(b, exec.Command(self))) })
+	b.Run("etb-mcp", func(b *testing.B) {
+		run(b, connect(b, exec.Command(etbBin, "--home", b.TempDir(), "mcp", "--policy", policy(b), "--", self)))
+	})
+	b.Run("etb-mcp-gateway", func(b *testing.B) {
+		s := startGateway(b, policy(b))
+		run(b, s.mcpSession(b, "spiffe://etb.local/agent/bench", nil, self))
 	})
 }
