@@ -20,6 +20,7 @@ import (
 
 	"github.com/etbproject/etb/enforce/sandbox"
 	"github.com/etbproject/etb/gateway"
+	"github.com/etbproject/etb/internal/etbtest"
 	"github.com/etbproject/etb/mcp"
 	"github.com/etbproject/etb/proof"
 )
@@ -37,18 +38,14 @@ func TestMain(m *testing.M) {
 		runPinTestServer()
 		return
 	}
-	dir, err := os.MkdirTemp("", "etb-mcp-e2e-")
+	bin, cleanup, err := etbtest.Build("../cmd/etb")
 	if err != nil {
-		panic(err)
-	}
-	etbBin = filepath.Join(dir, "etb")
-	out, err := exec.Command("go", "build", "-o", etbBin, "../cmd/etb").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "build etb: %v\n%s", err, out)
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	etbBin = bin
 	code := m.Run()
-	os.RemoveAll(dir)
+	cleanup()
 	os.Exit(code)
 }
 
@@ -544,21 +541,15 @@ func TestUpstreamTreeKilled(t *testing.T) {
 	}
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // TestHTTPMode puts `etb mcp --listen` in front of server-everything's
 // streamable HTTP endpoint.
 func TestHTTPMode(t *testing.T) {
 	ev := peer(t, "server-everything")
-	port := freePort(t)
+	_, ps, err := net.SplitHostPort(etbtest.FreeAddr(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, _ := strconv.Atoi(ps)
 	node := exec.Command(ev[0], ev[1], "streamableHttp")
 	node.Env = append(os.Environ(), "PORT="+strconv.Itoa(port))
 	node.Stderr = testWriter{t}

@@ -1,15 +1,12 @@
 package mcp_test
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -19,13 +16,14 @@ import (
 	"github.com/etbproject/etb/client"
 	"github.com/etbproject/etb/gateway"
 	"github.com/etbproject/etb/identity"
+	"github.com/etbproject/etb/internal/etbtest"
 	"github.com/etbproject/etb/mcp"
 )
 
 // served is a running `etb serve` with identities issued from its CA.
 type served struct {
 	home, addr string
-	cmd        *exec.Cmd
+	proc       *etbtest.Proc
 	ca         *identity.CA
 }
 
@@ -42,43 +40,9 @@ func startGateway(t testing.TB, pol string) *served {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	cmd := exec.Command(etbBin, "--home", home, "serve", "--listen", addr, "--policy", pol)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	s := &served{home: home, addr: addr, cmd: cmd, ca: ca}
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-	})
-	ready := make(chan bool, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if strings.HasPrefix(sc.Text(), "etb serve: https://") {
-				ready <- true
-			}
-		}
-		ready <- false
-	}()
-	select {
-	case ok := <-ready:
-		if !ok {
-			t.Fatalf("etb serve exited: %s", stderr.String())
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatalf("etb serve did not start: %s", stderr.String())
-	}
-	return s
+	addr := etbtest.FreeAddr(t)
+	p := etbtest.Start(t, etbBin, "etb serve: https://", "--home", home, "serve", "--listen", addr, "--policy", pol)
+	return &served{home: home, addr: addr, proc: p, ca: ca}
 }
 
 // identity issues an SVID for id and returns its certificate and key files.
@@ -115,13 +79,7 @@ func (s *served) client(t *testing.T, id string) *client.Client {
 }
 
 // stop ends `etb serve` (so that verifyAll can open its home).
-func (s *served) stop(t *testing.T) {
-	t.Helper()
-	s.cmd.Process.Signal(syscall.SIGTERM)
-	if err := s.cmd.Wait(); err != nil {
-		t.Fatalf("etb serve on SIGTERM: %v", err)
-	}
-}
+func (s *served) stop(t *testing.T) { s.proc.Stop(t) }
 
 // mcpSession starts `etb mcp --gateway` as agent id in front of upstream.
 func (s *served) mcpSession(t testing.TB, id string, extra []string, upstream ...string) *sdk.ClientSession {

@@ -12,7 +12,6 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -20,6 +19,7 @@ import (
 	"github.com/transparency-dev/merkle/proof"
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/etbproject/etb/internal/etbtest"
 	"github.com/etbproject/etb/ledger"
 )
 
@@ -359,24 +359,6 @@ func TestBadServer(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -394,7 +376,7 @@ func TestMonitorFollowsLog(t *testing.T) {
 	l := newTestLog(t, filepath.Join(t.TempDir(), "log.db"), testKey(1))
 	srv := newSwitchServer(t, l.Log)
 	l.grow(t, "e", 0, 3)
-	var out syncBuffer
+	var out etbtest.Buffer
 	done := make(chan error, 1)
 	go func() { done <- srv.client(verifierFor(t, testKey(1))).Monitor(ctx, nil, 2*time.Millisecond, &out) }()
 	waitFor(t, "the first checkpoint", func() bool { return strings.Contains(out.String(), "size 3 ") })
@@ -452,7 +434,7 @@ func TestMonitorDetectsFork(t *testing.T) {
 				tt.serve = b300
 			}
 			srv := newSwitchServer(t, a.Log)
-			var out syncBuffer
+			var out etbtest.Buffer
 			done := make(chan error, 1)
 			go func() { done <- srv.client(v).Monitor(ctx, nil, 2*time.Millisecond, &out) }()
 			waitFor(t, "log a", func() bool { return strings.Contains(out.String(), "size 300 ") })
@@ -496,7 +478,7 @@ func TestMonitorDetectsFork(t *testing.T) {
 	srv := newSwitchServer(t, b.Log)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	var out syncBuffer
+	var out etbtest.Buffer
 	err := Monitor(ctx, srv.URL+"/log", v, cpA.Note, 2*time.Millisecond, &out)
 	var inc *InconsistencyError
 	if !errors.As(err, &inc) || inc.Older.Size != 300 || inc.Newer.Size != 700 {
@@ -526,7 +508,7 @@ func TestMonitorBadTilesAreNotAFork(t *testing.T) {
 		w.WriteHeader(rec.Code)
 		w.Write(body)
 	}))
-	var out syncBuffer
+	var out etbtest.Buffer
 	err := srv.client(v).Monitor(ctx, cp.Note, 2*time.Millisecond, &out)
 	var te *TileError
 	var inc *InconsistencyError
@@ -553,7 +535,7 @@ func TestMonitorStaleCheckpoint(t *testing.T) {
 		}
 		real.ServeHTTP(w, r)
 	}))
-	var out syncBuffer
+	var out etbtest.Buffer
 	done := make(chan error, 1)
 	go func() { done <- srv.client(v).Monitor(ctx, cur.Note, 2*time.Millisecond, &out) }()
 	waitFor(t, "a stale-checkpoint warning", func() bool {
@@ -574,7 +556,7 @@ func TestMonitorRefusesBadSignature(t *testing.T) {
 	l := newTestLog(t, filepath.Join(t.TempDir(), "log.db"), testKey(2))
 	l.grow(t, "e", 0, 3)
 	srv := newSwitchServer(t, l.Log)
-	var out syncBuffer
+	var out etbtest.Buffer
 	err := Monitor(ctx, srv.URL+"/log", verifierFor(t, testKey(1)), nil, 2*time.Millisecond, &out)
 	if err == nil || errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Monitor of a log signed by another key returned %v", err)

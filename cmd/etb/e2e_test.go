@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/etbproject/etb/internal/etbtest"
 	"github.com/etbproject/etb/lineage"
 )
 
@@ -25,18 +26,14 @@ import (
 var etbBin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "etb-e2e-")
+	bin, cleanup, err := etbtest.Build(".")
 	if err != nil {
-		panic(err)
-	}
-	etbBin = filepath.Join(dir, "etb")
-	out, err := exec.Command("go", "build", "-o", etbBin, ".").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "build etb: %v\n%s", err, out)
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	etbBin = bin
 	code := m.Run()
-	os.RemoveAll(dir)
+	cleanup()
 	os.Exit(code)
 }
 

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os/exec"
@@ -10,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/etbproject/etb/internal/etbtest"
 )
 
 // Embedded `etb run`s and agents governed through `etb serve` append to
@@ -20,14 +21,14 @@ func TestServeAndEmbeddedRunsShareTheLog(t *testing.T) {
 	home, dir := t.TempDir(), t.TempDir()
 	etb(t, home, "init")
 	issue(t, home, "spiffe://etb.local/agent/a", "agent-a")
-	addr, logAddr := freeAddr(t), freeAddr(t)
+	addr, logAddr := etbtest.FreeAddr(t), etbtest.FreeAddr(t)
 	srv := startServe(t, home, addr, "--log-listen", logAddr)
 	trust := filepath.Join(dir, "trust.json")
 	exportTrust(t, home, trust)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	mon := exec.CommandContext(ctx, etbBin, "--home", home, "log", "monitor", "http://"+logAddr+"/log", "--trust", trust, "--every", "50ms")
-	var monOut, monErr lockedBuffer
+	var monOut, monErr etbtest.Buffer
 	mon.Stdout, mon.Stderr = &monOut, &monErr
 	if err := mon.Start(); err != nil {
 		t.Fatal(err)
@@ -66,7 +67,7 @@ func TestServeAndEmbeddedRunsShareTheLog(t *testing.T) {
 	if strings.Contains(monOut.String()+monErr.String(), "inconsistent") || !strings.Contains(monOut.String(), "size 40 root") || !strings.Contains(monOut.String(), "consistent with size") {
 		t.Fatalf("monitor output:\n%s\n%s", monOut.String(), monErr.String())
 	}
-	srv.stop(t)
+	srv.Stop(t)
 	if r := etb(t, home, "ledger", "fsck"); r.code != 0 {
 		t.Fatalf("fsck after concurrent appends: %s %s", r.stdout, r.stderr)
 	}
@@ -74,22 +75,4 @@ func TestServeAndEmbeddedRunsShareTheLog(t *testing.T) {
 	if n := strings.Count(list.stdout, "exit 0"); n != 8 {
 		t.Fatalf("%d executions ended with exit 0, want 8:\n%s", n, list.stdout)
 	}
-}
-
-// lockedBuffer is a bytes.Buffer safe to read while a process writes it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -20,73 +18,13 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/etbproject/etb/identity"
+	"github.com/etbproject/etb/internal/etbtest"
 )
 
-// gatewayProc is a running `etb serve`.
-type gatewayProc struct {
-	cmd  *exec.Cmd
-	addr string
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // startServe starts `etb serve` on addr and waits until it listens.
-func startServe(t *testing.T, home, addr string, extra ...string) *gatewayProc {
+func startServe(t *testing.T, home, addr string, extra ...string) *etbtest.Proc {
 	t.Helper()
-	cmd := exec.Command(etbBin, append([]string{"--home", home, "serve", "--listen", addr}, extra...)...)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &gatewayProc{cmd: cmd, addr: addr}
-	t.Cleanup(func() { p.kill() })
-	ready := make(chan bool, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if strings.HasPrefix(sc.Text(), "etb serve: https://") {
-				ready <- true
-			}
-		}
-		ready <- false
-	}()
-	select {
-	case ok := <-ready:
-		if !ok {
-			t.Fatalf("etb serve exited: %s", stderr.String())
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatalf("etb serve did not start: %s", stderr.String())
-	}
-	return p
-}
-
-func (p *gatewayProc) kill() {
-	if p.cmd.ProcessState == nil {
-		p.cmd.Process.Kill()
-		p.cmd.Wait()
-	}
-}
-
-func (p *gatewayProc) stop(t *testing.T) {
-	t.Helper()
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	if err := p.cmd.Wait(); err != nil {
-		t.Fatalf("etb serve on SIGTERM: %v", err)
-	}
+	return etbtest.Start(t, etbBin, "etb serve: https://", append([]string{"--home", home, "serve", "--listen", addr}, extra...)...)
 }
 
 // children returns the pids of pid's children (of any of its threads).
@@ -157,7 +95,7 @@ func exitCode(err error) int {
 func TestServeGatewayKilledChildDiesAtLeaseExpiry(t *testing.T) {
 	home := t.TempDir()
 	issue(t, home, "spiffe://etb.local/agent/a", "a")
-	addr := freeAddr(t)
+	addr := etbtest.FreeAddr(t)
 	const lease = time.Second
 	gw := startServe(t, home, addr, "--lease", lease.String())
 	run, stderr, sleepPid := startRemoteSleep(t, home, addr, "a")
@@ -165,7 +103,7 @@ func TestServeGatewayKilledChildDiesAtLeaseExpiry(t *testing.T) {
 	// if it cannot report the start: a different test).
 	time.Sleep(300 * time.Millisecond)
 	killed := time.Now()
-	gw.kill() // SIGKILL
+	gw.Kill() // SIGKILL
 	err := run.Wait()
 	took := time.Since(killed)
 	if took > lease+3*time.Second {
@@ -187,7 +125,7 @@ func TestServeGatewayKilledChildDiesAtLeaseExpiry(t *testing.T) {
 	if left, _ := os.ReadDir(filepath.Join(home, "enforcer", "spool")); len(left) != 0 {
 		t.Fatalf("spool not delivered: %v", left)
 	}
-	gw.stop(t)
+	gw.Stop(t)
 	r = etb(t, home, "log")
 	if !strings.Contains(r.stdout, "interrupted: lease_lost") || !strings.Contains(r.stdout, "exit 0") {
 		t.Fatalf("etb log:\n%s", r.stdout)
@@ -198,7 +136,7 @@ func TestServeRevokeKillsRemoteRun(t *testing.T) {
 	home := t.TempDir()
 	issue(t, home, "spiffe://etb.local/agent/a", "a")
 	issue(t, home, "spiffe://etb.local/admin/ops", "ops")
-	addr := freeAddr(t)
+	addr := etbtest.FreeAddr(t)
 	startServe(t, home, addr)
 	run, stderr, sleepPid := startRemoteSleep(t, home, addr, "a")
 	// An agent may not revoke.
@@ -277,7 +215,7 @@ func TestServeUnixSocket(t *testing.T) {
 			if r.code != tc.code || (tc.code == 0 && r.stdout != "via-socket\n") {
 				t.Fatalf("etb run: %d %q %s", r.code, r.stdout, r.stderr)
 			}
-			gw.stop(t)
+			gw.Stop(t)
 		})
 	}
 	r := etb(t, home, "log")
@@ -286,29 +224,9 @@ func TestServeUnixSocket(t *testing.T) {
 	}
 }
 
-func startServeSocket(t *testing.T, home, sock string) *gatewayProc {
+func startServeSocket(t *testing.T, home, sock string) *etbtest.Proc {
 	t.Helper()
-	cmd := exec.Command(etbBin, "--home", home, "serve", "--socket", sock)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &gatewayProc{cmd: cmd}
-	t.Cleanup(func() { p.kill() })
-	sc := bufio.NewScanner(out)
-	for sc.Scan() {
-		if strings.HasPrefix(sc.Text(), "etb serve: unix socket") {
-			go io.Copy(io.Discard, out)
-			return p
-		}
-	}
-	t.Fatalf("etb serve --socket did not start: %s", stderr.String())
-	return nil
+	return etbtest.Start(t, etbBin, "etb serve: unix socket", "--home", home, "serve", "--socket", sock)
 }
 
 // Delegation from the command line: agent a delegates `echo` to agent b;
@@ -332,7 +250,7 @@ rules:
 `), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
+	addr := etbtest.FreeAddr(t)
 	startServe(t, home, addr, "--policy", pol)
 	as := func(n string) []string {
 		return []string{"--gateway", "https://" + addr, "--cert", filepath.Join(home, n+".crt"), "--key", filepath.Join(home, n+".key")}
