@@ -31,17 +31,14 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
-	"os/exec"
 	"runtime"
-	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -49,6 +46,7 @@ import (
 	"time"
 
 	"github.com/etbproject/etb/bench/internal/measure"
+	"github.com/etbproject/etb/bench/internal/sidebyside"
 )
 
 // config is what a run is asked to do; the parent passes it to its children
@@ -92,12 +90,7 @@ func (c *config) check() error {
 	case c.Duration <= 0:
 		return fmt.Errorf("-duration %s: want > 0", c.Duration)
 	}
-	for _, s := range strings.Split(c.Systems, ",") {
-		if _, ok := runners[s]; !ok {
-			return fmt.Errorf("-systems: unknown system %q (want etb or opa)", s)
-		}
-	}
-	return nil
+	return sidebyside.CheckSystems(c.Systems, slices.Sorted(maps.Keys(runners))...)
 }
 
 // runners maps a system name to the function that measures it in-process.
@@ -134,22 +127,11 @@ func runChild(ctx context.Context, c *config, system string) error {
 	if !ok {
 		return fmt.Errorf("unknown system %q", system)
 	}
-	if c.CPUProfile != "" {
-		f, err := os.Create(c.CPUProfile + "." + system)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
-	}
-	r, err := run(ctx, c)
+	r, err := sidebyside.Child(ctx, system, c.CPUProfile, func(ctx context.Context) (*Result, error) { return run(ctx, c) })
 	if err != nil {
-		return fmt.Errorf("%s: %w", system, err)
+		return err
 	}
-	return json.NewEncoder(os.Stdout).Encode(r)
+	return sidebyside.Print(r)
 }
 
 // runParent runs each system in a child process and prints the table.
@@ -161,30 +143,9 @@ func runParent(ctx context.Context, c *config, out io.Writer) error {
 		}
 		c.OPA = path
 	}
-	exe, err := os.Executable()
+	results, err := sidebyside.Each[Result](ctx, "gatewaybench", c.Systems, c.args(), c.Verbose)
 	if err != nil {
 		return err
-	}
-	var results []*Result
-	for _, s := range strings.Split(c.Systems, ",") {
-		fmt.Fprintf(os.Stderr, "gatewaybench: measuring %s...\n", s)
-		cmd := exec.CommandContext(ctx, exe, append(c.args(), "-child="+s)...)
-		var stdout, stderr bytes.Buffer
-		cmd.Stdout = &stdout
-		cmd.Stderr = &stderr
-		if c.Verbose {
-			cmd.Stderr = io.MultiWriter(&stderr, os.Stderr)
-		}
-		if err := cmd.Run(); err != nil {
-			os.Stderr.Write(stderr.Bytes())
-			return fmt.Errorf("child for %s: %w", s, err)
-		}
-		var r Result
-		if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
-			os.Stderr.Write(stderr.Bytes())
-			return fmt.Errorf("child for %s printed %q: %w", s, stdout.String(), err)
-		}
-		results = append(results, &r)
 	}
 	if err := agree(results); err != nil {
 		return err

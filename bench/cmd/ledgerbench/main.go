@@ -20,22 +20,21 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
-	"os/exec"
 	"runtime"
-	"runtime/pprof"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/etbproject/etb/bench/internal/measure"
+	"github.com/etbproject/etb/bench/internal/sidebyside"
 )
 
 // config is what a run is asked to do; the parent passes it to its children
@@ -115,12 +114,7 @@ func (c *config) check() error {
 	case c.Memory && c.Every == 0:
 		return errors.New("-every must be at least 1")
 	}
-	for _, s := range strings.Split(c.Systems, ",") {
-		if _, ok := runners[s]; !ok {
-			return fmt.Errorf("-systems: unknown system %q (want etb or tessera)", s)
-		}
-	}
-	return nil
+	return sidebyside.CheckSystems(c.Systems, slices.Sorted(maps.Keys(runners))...)
 }
 
 // runners maps a system name to the function that measures it in-process.
@@ -179,34 +173,18 @@ func runChild(ctx context.Context, c *config, system string) error {
 	if !ok {
 		return fmt.Errorf("unknown system %q", system)
 	}
-	if c.CPUProfile != "" {
-		f, err := os.Create(c.CPUProfile + "." + system)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
-	}
-	r, err := run(ctx, c)
-	if err != nil {
-		return fmt.Errorf("%s: %w", system, err)
-	}
-	_, r.PeakRSS, err = measure.ProcStatus()
+	r, err := sidebyside.Child(ctx, system, c.CPUProfile, func(ctx context.Context) (*Result, error) { return run(ctx, c) })
 	if err != nil {
 		return err
 	}
-	return json.NewEncoder(os.Stdout).Encode(r)
+	if _, r.PeakRSS, err = measure.ProcStatus(); err != nil {
+		return err
+	}
+	return sidebyside.Print(r)
 }
 
 // runParent runs each system in a child process and prints the table.
 func runParent(ctx context.Context, c *config) error {
-	exe, err := os.Executable()
-	if err != nil {
-		return err
-	}
 	fmt.Printf("ledgerbench: %d appenders, %d-byte entries, ", c.Concurrency, c.Size)
 	if c.Entries > 0 {
 		fmt.Printf("up to %d entries ", c.Entries)
@@ -215,26 +193,9 @@ func runParent(ctx context.Context, c *config) error {
 		fmt.Printf("up to %s ", c.Duration)
 	}
 	fmt.Printf("per system; GOMAXPROCS=%d, %s, dir %s\n", runtime.GOMAXPROCS(0), runtime.Version(), c.Dir)
-	var results []*Result
-	for _, s := range strings.Split(c.Systems, ",") {
-		fmt.Fprintf(os.Stderr, "ledgerbench: measuring %s...\n", s)
-		cmd := exec.CommandContext(ctx, exe, append(c.args(), "-child="+s)...)
-		var out, errb bytes.Buffer
-		cmd.Stdout = &out
-		cmd.Stderr = &errb
-		if c.Verbose {
-			cmd.Stderr = io.MultiWriter(&errb, os.Stderr)
-		}
-		if err := cmd.Run(); err != nil {
-			os.Stderr.Write(errb.Bytes())
-			return fmt.Errorf("child for %s: %w", s, err)
-		}
-		var r Result
-		if err := json.Unmarshal(out.Bytes(), &r); err != nil {
-			os.Stderr.Write(errb.Bytes())
-			return fmt.Errorf("child for %s printed %q: %w", s, out.String(), err)
-		}
-		results = append(results, &r)
+	results, err := sidebyside.Each[Result](ctx, "ledgerbench", c.Systems, c.args(), c.Verbose)
+	if err != nil {
+		return err
 	}
 	printTable(os.Stdout, results)
 	return nil

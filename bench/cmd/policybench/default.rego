@@ -22,6 +22,9 @@ permits contains "allow-sleep" if {
 	input.action.target.program in {"/usr/bin/sleep", "/bin/sleep"}
 }
 
+# The MCP server that `etb mcp` was configured with may start.
+permits contains "allow-mcp-server-start" if input.action.kind == "mcp.server_start"
+
 short_option(a) if {
 	startswith(a, "-")
 	not startswith(a, "--")
@@ -70,7 +73,7 @@ forbids contains "forbid-network-tools" if {
 }
 
 # Timeouts in seconds: the default obligation, tightened by a permit rule.
-timeouts := {"allow-read-only": 300, "allow-sleep": 60}
+timeouts := {"allow-read-only": 300, "allow-sleep": 60, "allow-mcp-server-start": 300}
 
 default decision := {"decision": "deny", "rules": ["etb.default-deny"]}
 
