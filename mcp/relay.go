@@ -61,10 +61,8 @@ type relay struct {
 	done   chan relayOutcome // the call's outcome, buffered
 	start  time.Time         // when the forward began (to pick among calls in flight)
 	mu     sync.Mutex        // guards the fields below
-	state  string            // the request state it is parked under, "" when a downstream request waits
-	ask    *inputAsk         // the input request the client was given
-	timer  *time.Timer       // ends the call if the client does not answer
-	closed bool
+	ask    *inputAsk         // the input request the client was given, while parked
+	timer  *time.Timer       // ends the request if the client does not answer
 }
 
 type relayOutcome struct {
@@ -113,8 +111,13 @@ func relayAwait[R any](ctx context.Context, p *Proxy, rel *relay, needInput func
 		if wait <= 0 {
 			wait = defaultApprovalWait
 		}
+		// Parked under state with its timer set before anyone can take
+		// it: relayResume takes rel.mu after taking it from p.relays.
 		rel.mu.Lock()
-		rel.state, rel.ask = state, ask
+		rel.ask = ask
+		p.mu.Lock()
+		p.relays[state] = rel
+		p.mu.Unlock()
 		rel.timer = time.AfterFunc(wait, func() {
 			if p.takeRelay(state) != nil {
 				p.opt.Log("input request %s: the client did not answer within %s; ending the request", ask.id, wait)
@@ -123,9 +126,6 @@ func relayAwait[R any](ctx context.Context, p *Proxy, rel *relay, needInput func
 			}
 		})
 		rel.mu.Unlock()
-		p.mu.Lock()
-		p.relays[state] = rel
-		p.mu.Unlock()
 		return needInput(state, sdk.InputRequestMap{ask.id: ask.req}), nil
 	case <-ctx.Done():
 		// The client gave up on the request: so does the proxy (the
@@ -162,7 +162,7 @@ func relayResume[R any](ctx context.Context, p *Proxy, ss *sdk.ServerSession, st
 	rel.mu.Lock()
 	rel.timer.Stop()
 	ask := rel.ask
-	rel.state, rel.ask = "", nil
+	rel.ask = nil
 	rel.mu.Unlock()
 	var refuse error
 	switch {

@@ -2,10 +2,13 @@ package mcp
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/etbproject/etb/gateway"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -118,4 +121,60 @@ rules:
 			t.Errorf("%s: %q, want %q", kind, got[kind], want)
 		}
 	}
+}
+
+// TestUnansweredInputRequestEnds: a client that never answers an input
+// request does not keep the upstream request (and its grant) alive: after
+// ApprovalWait it is cancelled and recorded as interrupted, and its state
+// no longer answers anything.
+func TestUnansweredInputRequestEnds(t *testing.T) {
+	p, _, cs, _ := inProcessWith(t, `version: etb.policy/v1
+name: t
+rules:
+  - id: askers
+    effect: permit
+    match: {kind: mcp.tool_call, name: counter/ask}
+  - id: sampling
+    effect: permit
+    match: {kind: mcp.sampling}
+`, &sdk.ClientOptions{
+		MultiRoundTrip: &sdk.MultiRoundTripOptions{Disabled: true},
+		CreateMessageHandler: func(context.Context, *sdk.CreateMessageRequest) (*sdk.CreateMessageResult, error) {
+			return nil, errors.New("not asked directly")
+		},
+	})
+	p.opt.ApprovalWait = 200 * time.Millisecond
+	ctx := context.Background()
+	res, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: "ask", Arguments: map[string]any{}})
+	if err != nil || len(res.InputRequests) != 1 || res.RequestState == "" {
+		t.Fatalf("want an input request, got %v %+v", err, res)
+	}
+	// Wait until both executions (the call, the sampling) have ended.
+	deadline := time.Now().Add(10 * time.Second)
+	var list []gateway.Summary
+	for {
+		list, err = p.b.(embedded).gw.List(ctx, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ended := 0
+		for _, s := range list {
+			if strings.HasPrefix(s.Outcome, "interrupted") {
+				ended++
+			}
+		}
+		if ended == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the unanswered request did not end: %+v", list)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	late, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: "ask", Arguments: map[string]any{},
+		RequestState: res.RequestState, InputResponses: sdk.InputResponseMap{}})
+	if err != nil || !late.IsError || !strings.Contains(late.Content[0].(*sdk.TextContent).Text, "unknown") {
+		t.Fatalf("a late answer: %v %+v", err, late)
+	}
+	verifyHome(t, p, 2) // the call and its sampling; the late answer was refused before any decision
 }
