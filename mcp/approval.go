@@ -13,8 +13,9 @@ import (
 )
 
 // An embedded proxy asks the downstream client's user to approve a
-// require_approval call through MCP elicitation, in the form the protocol
-// lets a server ask while serving a request: the tool result carries an
+// require_approval tools/call, resources/read or prompts/get through MCP
+// elicitation, in the form the protocol lets a server ask while serving a
+// request: the result carries an
 // input request (SEP-2322 multi round-trip; the go-sdk turns it into an
 // elicitation/create request for clients of older protocol versions) and
 // an opaque request state; the client calls again with the same arguments,
@@ -143,12 +144,17 @@ func (p *Proxy) resume(ss *sdk.ServerSession, state, digest string, responses sd
 
 // approvalRequest is the tool result that asks for the approval.
 func approvalRequest(n *needsApproval) *sdk.CallToolResult {
-	return &sdk.CallToolResult{RequestState: n.state, InputRequests: sdk.InputRequestMap{
+	return &sdk.CallToolResult{RequestState: n.state, InputRequests: approvalInputs(n)}
+}
+
+// approvalInputs is the input request that asks for the approval.
+func approvalInputs(n *needsApproval) sdk.InputRequestMap {
+	return sdk.InputRequestMap{
 		approvalInput: &sdk.ElicitParams{Message: n.prompt, RequestedSchema: map[string]any{
 			"type": "object",
 			"properties": map[string]any{"approve": map[string]any{"type": "boolean",
 				"description": "true to approve exactly this request"}},
 			"required": []string{"approve"},
 		}},
-	}}
+	}
 }

@@ -30,7 +30,7 @@ type request struct {
 	// tool changed its definition, for example): recorded, not forwarded.
 	refusal string
 	// ask parks an execution awaiting approval and returns the state the
-	// client resumes it with (embedded, tools/call only); nil when the
+	// client resumes it with (embedded only); nil when the
 	// downstream client cannot be asked.
 	ask func(ex *gateway.Execution) (state string)
 	// resume, if set, continues a parked execution with its approver's

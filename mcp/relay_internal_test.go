@@ -178,3 +178,48 @@ rules:
 	}
 	verifyHome(t, p, 2) // the call and its sampling; the late answer was refused before any decision
 }
+
+// TestPromptApprovalThenInput: a prompts/get that needs approval asks the
+// client's user first (elicitation), then, approved and forwarded, relays
+// the upstream's own input request (roots); declined, it never reaches the
+// upstream.
+func TestPromptApprovalThenInput(t *testing.T) {
+	var approve atomic.Bool
+	approve.Store(true)
+	var asked atomic.Int32
+	p, _, cs, _ := inProcessWith(t, `version: etb.policy/v1
+name: t
+rules:
+  - id: look-first
+    effect: require_approval
+    match: {kind: mcp.prompt_get, name: counter/ask-roots}
+  - id: roots
+    effect: permit
+    match: {kind: mcp.roots}
+`, &sdk.ClientOptions{ElicitationHandler: func(context.Context, *sdk.ElicitRequest) (*sdk.ElicitResult, error) {
+		asked.Add(1)
+		if approve.Load() {
+			return &sdk.ElicitResult{Action: "accept", Content: map[string]any{"approve": true}}, nil
+		}
+		return &sdk.ElicitResult{Action: "decline"}, nil
+	}})
+	ctx := context.Background()
+	pr, err := cs.GetPrompt(ctx, &sdk.GetPromptParams{Name: "ask-roots"})
+	if err != nil || len(pr.Messages) != 1 || !strings.HasPrefix(pr.Messages[0].Content.(*sdk.TextContent).Text, "roots:") {
+		t.Fatalf("approved prompt: %v %+v", err, pr)
+	}
+	approve.Store(false)
+	if _, err := cs.GetPrompt(ctx, &sdk.GetPromptParams{Name: "ask-roots"}); err == nil || !strings.Contains(err.Error(), "declined") {
+		t.Fatalf("declined prompt: want a refusal, got %v", err)
+	}
+	if n := asked.Load(); n != 2 {
+		t.Errorf("the user was asked %d times, want 2", n)
+	}
+	got := map[string]string{}
+	for _, s := range verifyHome(t, p, 3) {
+		got[s.Kind] += s.Outcome + ";"
+	}
+	if got["mcp.prompt_get"] != "interrupted: approval_rejected;exit 0;" || got["mcp.roots"] != "exit 0;" {
+		t.Errorf("outcomes: %v", got)
+	}
+}

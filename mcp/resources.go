@@ -115,8 +115,9 @@ func (p *Proxy) GetPrompt(ctx context.Context, ss *sdk.ServerSession, params *sd
 
 // governRead runs a resources/read or prompts/get (spec; forward asks the
 // upstream) through the boundary beside the downstream request, relaying
-// the upstream's input requests (relay.go); a request that carries a
-// request state answers the one parked under it. A refusal is an error
+// the upstream's input requests (relay.go) and asking the client's user to
+// approve a require_approval decision (approval.go); a request that carries
+// a request state answers the one parked under it. A refusal is an error
 // with code CodeRefused.
 func governRead[R any](ctx context.Context, p *Proxy, ss *sdk.ServerSession, meta sdk.Meta, spec action.Spec,
 	state string, responses sdk.InputResponseMap, forward func(context.Context) (R, error),
@@ -126,15 +127,21 @@ func governRead[R any](ctx context.Context, p *Proxy, ss *sdk.ServerSession, met
 	if err != nil {
 		return zero, refusedError("etb: refused: " + err.Error())
 	}
+	extra := func(r *request) { r.ask = p.asker(ss) }
 	if state != "" {
-		res, ok, err := relayResume(ctx, p, ss, state, digest, responses, needInput)
-		if !ok {
-			err = fmt.Errorf("request state %.40q is unknown, expired or already used", state)
+		// The client's answer to an input request of a request in
+		// flight (relay.go), or to an approval (approval.go).
+		if res, ok, err := relayResume(ctx, p, ss, state, digest, responses, needInput); ok {
+			if err != nil {
+				return zero, refusedError("etb: refused: " + err.Error())
+			}
+			return res, nil
 		}
+		rs, err := p.resume(ss, state, digest, responses)
 		if err != nil {
 			return zero, refusedError("etb: refused: " + err.Error())
 		}
-		return res, nil
+		extra = func(r *request) { r.resume = rs }
 	}
 	return relayRun(ctx, p, ss, digest, func(ctx context.Context) (R, error) {
 		var res R
@@ -143,7 +150,11 @@ func governRead[R any](ctx context.Context, p *Proxy, ss *sdk.ServerSession, met
 			r, err := forward(ctx)
 			res = r
 			return r, false, err
-		})
+		}, extra)
+		var ask *needsApproval
+		if errors.As(err, &ask) {
+			return needInput(ask.state, approvalInputs(ask)), nil
+		}
 		if err != nil {
 			return zero, err
 		}
