@@ -205,7 +205,7 @@ func newLogCmd(g *globals) *cobra.Command {
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	show := &cobra.Command{
 		Use:   "show EXEC_ID",
-		Short: "Print one execution's events (the id may be a unique prefix)",
+		Short: "Print one execution's events (the id as etb log prints it, or a unique prefix)",
 		Args:  usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			gw, err := g.open(cmd.Context(), "")
@@ -236,7 +236,7 @@ func newLogCmd(g *globals) *cobra.Command {
 	tree := &cobra.Command{
 		Use:   "tree TASK_ID",
 		Short: "Print a task's tree across agents: each action, decision, rule, outcome, duration, interruptions",
-		Long: `Tree prints the task (the id may be a unique prefix) and every task below
+		Long: `Tree prints the task (the id as etb log prints it, or a unique prefix) and every task below
 it (sub-tasks and the tasks of sub-agents it delegated to), each with its
 executions in time order: agent, action, decision and rule, outcome,
 duration and the reasons of any interruptions. Labels the task gained are

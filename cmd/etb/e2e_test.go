@@ -451,6 +451,16 @@ func TestLogTreeAndTaskEvidence(t *testing.T) {
 	if r := etb(t, home, "log", "tree", "nope"); r.code == 0 {
 		t.Errorf("log tree of an unknown task succeeded")
 	}
+	// A run without --task has a task of its own, named by the run's
+	// execution id: the short id `etb log` prints names it too.
+	etb(t, home, "run", "--", "echo", "alone")
+	var list []struct{ ID, Task string }
+	if err := json.Unmarshal([]byte(etb(t, home, "log", "--json").stdout), &list); err != nil || len(list) == 0 {
+		t.Fatalf("log --json: %v", err)
+	}
+	if r := etb(t, home, "log", "tree", lineage.ShortID(list[0].Task)); r.code != 0 || !strings.Contains(r.stdout, "alone") {
+		t.Errorf("log tree %s (the short id of task %s): %d\n%s%s", lineage.ShortID(list[0].Task), list[0].Task, r.code, r.stdout, r.stderr)
+	}
 	bundle, trust := filepath.Join(dir, "tree.json"), filepath.Join(dir, "trust.json")
 	if r := etb(t, home, "evidence", "--task", "job-sub", "-o", bundle); r.code != 0 {
 		t.Fatalf("evidence --task: %d %s", r.code, r.stderr)
