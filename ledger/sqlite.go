@@ -470,22 +470,30 @@ func (s *SQLiteStorage) beginLocked(ctx context.Context) (*sql.Tx, bool, error) 
 			s.conn, s.seen = conn, false
 		}
 		tx, err := s.conn.BeginTx(ctx, nil)
-		if err == nil {
-			var v int64
-			if err = tx.QueryRowContext(ctx, "PRAGMA data_version").Scan(&v); err == nil {
-				// Under the write lock: no commit can come between this
-				// read and this transaction's end but its own.
-				undisturbed := s.seen && v == s.version
-				s.version, s.seen = v, true
-				return tx, undisturbed, nil
+		if err != nil {
+			// A busy database (another writer past the busy timeout) is
+			// an error of the moment; a broken connection is replaced,
+			// once.
+			if !errors.Is(err, sql.ErrConnDone) && !errors.Is(err, driver.ErrBadConn) {
+				return nil, false, err
 			}
-			_ = tx.Rollback()
+			s.dropConnLocked()
+			if attempt == 1 || ctx.Err() != nil {
+				return nil, false, err
+			}
+			continue
 		}
-		// A connection that failed once is not trusted again.
-		s.dropConnLocked()
-		if attempt == 1 || ctx.Err() != nil {
+		var v int64
+		if err := tx.QueryRowContext(ctx, "PRAGMA data_version").Scan(&v); err != nil {
+			_ = tx.Rollback()
+			s.dropConnLocked() // its state is unknown: not trusted again
 			return nil, false, err
 		}
+		// Under the write lock: no commit can come between this read and
+		// this transaction's end but its own.
+		undisturbed := s.seen && v == s.version
+		s.version, s.seen = v, true
+		return tx, undisturbed, nil
 	}
 }
 
