@@ -95,7 +95,8 @@ CREATE TRIGGER IF NOT EXISTS ledger_checkpoints_undeletable BEFORE DELETE ON led
 // refuse UPDATE and DELETE. (INSERT OR REPLACE is not guarded: a per-row
 // trigger for it cost about 10% of append throughput; the sequencer never
 // issues it. A replaced edge tile or latest checkpoint is caught by the next
-// append's check, a replaced entry by ProveEntry, which verifies what it
+// append's check (any write through another SQLite connection makes it read
+// the border back, see sqliteTx.Undisturbed), a replaced entry by ProveEntry, which verifies what it
 // serves, and any replaced row by Fsck.)
 type SQLiteStorage struct {
 	db    *sql.DB
