@@ -91,13 +91,15 @@ CREATE TRIGGER IF NOT EXISTS ledger_checkpoints_undeletable BEFORE DELETE ON led
 // ledger_tiles and ledger_checkpoints of a SQLite database opened with
 // OpenSQLite. An entry row holds the entries of one append batch: idx is
 // the index of its first entry, count their number, and data the entries
-// in the tlog-tiles entry bundle encoding (big-endian uint16 length, bytes). Primary keys refuse a second row at an index, and triggers
-// refuse UPDATE and DELETE. (INSERT OR REPLACE is not guarded: a per-row
-// trigger for it cost about 10% of append throughput; the sequencer never
-// issues it. A replaced edge tile or latest checkpoint is caught by the next
-// append's check (any write through another SQLite connection makes it read
-// the border back, see sqliteTx.Undisturbed), a replaced entry by ProveEntry, which verifies what it
-// serves, and any replaced row by Fsck.)
+// in the tlog-tiles entry bundle encoding (big-endian uint16 length,
+// bytes). Primary keys refuse a second row at an index, and triggers refuse
+// UPDATE and DELETE. (INSERT OR REPLACE is not guarded: a per-row trigger
+// for it cost about 10% of append throughput; the sequencer never issues
+// it. A replaced edge tile or latest checkpoint is caught by the next
+// append's check, which reads the border back whenever another SQLite
+// connection has written (sqliteTx.Undisturbed); a replaced entry by
+// ProveEntry, which verifies what it serves; and any replaced row by
+// Fsck.)
 type SQLiteStorage struct {
 	db    *sql.DB
 	stmts *Statements
