@@ -39,9 +39,13 @@ func RemoteUpstream(endpoint string) (Upstream, error) {
 // Handler is the downstream streamable HTTP handler of a connected proxy.
 // It rejects requests that arrive on a loopback address with a
 // non-loopback Host header (DNS rebinding) and cross-origin browser
-// requests, whatever the upstream does.
+// requests, whatever the upstream does. Its event streams are kept in
+// memory (the go-sdk's MemoryEventStore, bounded) so that a client of a
+// protocol version that resumes streams (2025-11-25) can reconnect with
+// Last-Event-ID and get what it missed; 2026-07-28 has no resumption.
 func (p *Proxy) Handler() http.Handler {
-	h := sdk.NewStreamableHTTPHandler(func(*http.Request) *sdk.Server { return p.Server() }, nil)
+	h := sdk.NewStreamableHTTPHandler(func(*http.Request) *sdk.Server { return p.Server() },
+		&sdk.StreamableHTTPOptions{EventStore: sdk.NewMemoryEventStore(nil)})
 	return http.NewCrossOriginProtection().Handler(h)
 }
 

@@ -298,7 +298,10 @@ func (p *Proxy) clientOptions() *sdk.ClientOptions {
 			r := p.progress[progressKey(req.Params.ProgressToken)]
 			p.mu.Unlock()
 			if r != nil {
-				if err := r.ss.NotifyProgress(ctx, req.Params); err != nil {
+				// The forwarded request's context: over streamable
+				// HTTP it ties the notification to the client's
+				// request, whose event stream carries it.
+				if err := r.ss.NotifyProgress(r.ctx, req.Params); err != nil {
 					p.opt.Log("pass progress downstream: %v", err)
 				}
 			}
@@ -605,7 +608,7 @@ func (p *Proxy) callTool(ctx context.Context, ss *sdk.ServerSession, params *sdk
 	return relayRun(ctx, p, ss, digest, func(ctx context.Context) (*sdk.CallToolResult, error) {
 		var res *sdk.CallToolResult
 		refused, err := p.govern(ctx, ss, meta, spec, env, refusal, func(ctx context.Context, _ granted) (any, bool, error) {
-			defer p.routeProgress(params.GetProgressToken(), ss)()
+			defer p.routeProgress(ctx, params.GetProgressToken(), ss)()
 			defer p.forwarding(ctx)()
 			r, err := fulfill(ctx, p, func(r *sdk.CallToolResult) (sdk.InputRequestMap, string) { return r.InputRequests, r.RequestState },
 				func(ctx context.Context, state string, answers sdk.InputResponseMap) (*sdk.CallToolResult, error) {
@@ -678,7 +681,7 @@ func progressKey(token any) string { return fmt.Sprintf("%T:%v", token, token) }
 // ss while a forwarded request runs; the returned func stops it a second
 // later (the go-sdk may deliver a notification sent just before the
 // result after it). A token routed to another session is not taken over.
-func (p *Proxy) routeProgress(token any, ss *sdk.ServerSession) func() {
+func (p *Proxy) routeProgress(ctx context.Context, token any, ss *sdk.ServerSession) func() {
 	if token == nil || ss == nil {
 		return func() {}
 	}
@@ -688,7 +691,7 @@ func (p *Proxy) routeProgress(token any, ss *sdk.ServerSession) func() {
 	r := p.progress[k]
 	switch {
 	case r == nil:
-		r = &route{ss: ss}
+		r = &route{ss: ss, ctx: ctx}
 		p.progress[k] = r
 	case r.ss != ss:
 		return func() {}
@@ -708,8 +711,9 @@ func (p *Proxy) routeProgress(token any, ss *sdk.ServerSession) func() {
 // route is where progress notifications of a token go, and how many
 // forwarded requests use it.
 type route struct {
-	ss *sdk.ServerSession
-	n  int
+	ss  *sdk.ServerSession
+	ctx context.Context // of the first forwarded request using the token
+	n   int
 }
 
 // annotationEnv renders a tool's declared annotations as env entries for

@@ -190,6 +190,17 @@ func inProcessWith(t testing.TB, policySrc string, copt *sdk.ClientOptions) (p *
 			}
 			return &sdk.CallToolResult{Content: []sdk.Content{&sdk.TextContent{Text: "done"}}}, nil
 		})
+	up.AddTool(&sdk.Tool{Name: "slow", InputSchema: map[string]any{"type": "object"}},
+		func(ctx context.Context, req *sdk.CallToolRequest) (*sdk.CallToolResult, error) {
+			for i := 1; i <= 3; i++ {
+				if err := req.Session.NotifyProgress(ctx, &sdk.ProgressNotificationParams{ProgressToken: req.Params.GetProgressToken(),
+					Progress: float64(i), Total: 3}); err != nil {
+					return nil, err
+				}
+				time.Sleep(150 * time.Millisecond)
+			}
+			return &sdk.CallToolResult{Content: []sdk.Content{&sdk.TextContent{Text: "slow done"}}}, nil
+		})
 	up.AddTool(&sdk.Tool{Name: "block", InputSchema: map[string]any{"type": "object"}},
 		func(ctx context.Context, _ *sdk.CallToolRequest) (*sdk.CallToolResult, error) {
 			<-ctx.Done()
@@ -526,11 +537,11 @@ func TestHideDenied(t *testing.T) {
 		}
 		return names
 	}
-	if got := strings.Join(list(), ","); got != "ask,block,count,progress" {
+	if got := strings.Join(list(), ","); got != "ask,block,count,progress,slow" {
 		t.Fatalf("tools without hiding: %s", got)
 	}
 	p.opt.MayPermit = p.b.(embedded).gw.Policy().MayPermit
-	p.server.RemoveTools("ask", "block", "count", "progress")
+	p.server.RemoveTools("ask", "block", "count", "progress", "slow")
 	p.mu.Lock()
 	p.pins, p.current, p.mirrored = map[string]string{}, map[string]*sdk.Tool{}, map[string]bool{}
 	p.mu.Unlock()
