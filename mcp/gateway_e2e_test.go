@@ -81,8 +81,15 @@ func (s *served) client(t *testing.T, id string) *client.Client {
 // stop ends `etb serve` (so that verifyAll can open its home).
 func (s *served) stop(t *testing.T) { s.proc.Stop(t) }
 
-// mcpSession starts `etb mcp --gateway` as agent id in front of upstream.
+// mcpSession starts `etb mcp --gateway` as agent id in front of upstream
+// and connects a go-sdk client to it.
 func (s *served) mcpSession(t testing.TB, id string, extra []string, upstream ...string) *sdk.ClientSession {
+	t.Helper()
+	return s.mcpSessionWith(t, id, nil, extra, upstream...)
+}
+
+// mcpSessionWith is mcpSession with the client's options.
+func (s *served) mcpSessionWith(t testing.TB, id string, copt *sdk.ClientOptions, extra []string, upstream ...string) *sdk.ClientSession {
 	t.Helper()
 	cert, key := s.identity(t, id)
 	args := append([]string{"--home", t.TempDir(), "mcp", "--gateway", "https://" + s.addr, "--cert", cert, "--key", key,
@@ -91,7 +98,7 @@ func (s *served) mcpSession(t testing.TB, id string, extra []string, upstream ..
 	cmd.Stderr = testWriter{t}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cs, err := sdk.NewClient(&sdk.Implementation{Name: "etb-test-client", Version: "1"}, nil).Connect(ctx, &sdk.CommandTransport{Command: cmd}, nil)
+	cs, err := sdk.NewClient(&sdk.Implementation{Name: "etb-test-client", Version: "1"}, copt).Connect(ctx, &sdk.CommandTransport{Command: cmd}, nil)
 	if err != nil {
 		t.Fatalf("connect to etb mcp --gateway: %v", err)
 	}

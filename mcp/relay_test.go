@@ -192,3 +192,40 @@ rules:
 		t.Errorf("sampling executions (newest first) %q: want the answered one ended, the refused one not", g)
 	}
 }
+
+// TestSamplingRelayedThroughGateway: against `etb serve`, a sampling
+// request of server-everything is decided by the gateway like any action:
+// permitted, the client answers it; the evidence (from the gateway's home)
+// verifies.
+func TestSamplingRelayedThroughGateway(t *testing.T) {
+	ev := peer(t, "server-everything")
+	pol := policyFile(t, `version: etb.policy/v1
+name: mcp-relay-gateway
+rules:
+  - id: sampling-tool
+    effect: permit
+    match: {kind: mcp.tool_call, name: mcp-servers/everything/trigger-sampling-request}
+  - id: sampling
+    effect: permit
+    match: {kind: mcp.sampling, name: mcp-servers/everything/sampling/createMessage}
+`)
+	gw := startGateway(t, pol)
+	cs := gw.mcpSessionWith(t, "spiffe://etb.local/agent/a", &sdk.ClientOptions{
+		CreateMessageHandler: func(context.Context, *sdk.CreateMessageRequest) (*sdk.CreateMessageResult, error) {
+			return &sdk.CreateMessageResult{Role: "assistant", Model: "m", Content: &sdk.TextContent{Text: "via the gateway"}}, nil
+		},
+	}, nil, append(ev, "stdio")...)
+	res := call(t, cs, "trigger-sampling-request", map[string]any{"prompt": "hello", "maxTokens": 5})
+	if res.IsError || !strings.Contains(text(res), "via the gateway") {
+		t.Fatalf("sampling through etb mcp --gateway: isError=%v %q", res.IsError, text(res))
+	}
+	cs.Close()
+	gw.stop(t)
+	kinds := map[string]string{}
+	for _, s := range verifyAllList(t, gw.home, pol) {
+		kinds[s.Kind] += s.Decision + " " + s.Outcome + ";"
+	}
+	if kinds["mcp.sampling"] != "permit exit 0;" || kinds["mcp.tool_call"] != "permit exit 0;" {
+		t.Errorf("executions at the gateway: %v", kinds)
+	}
+}
