@@ -231,7 +231,7 @@ func (p *Proxy) forwarding(ctx context.Context) func() {
 func (p *Proxy) askClient(ctx context.Context, kind, method string, params sdk.InputRequest, supported func(*sdk.ClientCapabilities) bool) (sdk.InputResponse, error) {
 	rel := p.relayOf(ctx)
 	if rel == nil {
-		return nil, fmt.Errorf("etb: %s is relayed to the client only while one of its tool calls runs", method)
+		return nil, fmt.Errorf("etb: %s is relayed to a client only while the proxy serves one of its requests", method)
 	}
 	if ip := rel.ss.InitializeParams(); ip == nil || ip.Capabilities == nil || !supported(ip.Capabilities) {
 		return nil, fmt.Errorf("etb: the client did not declare the capability %s needs", method)
@@ -316,19 +316,35 @@ func fulfill[R inputResult](ctx context.Context, p *Proxy, inputs func(R) (sdk.I
 	}
 }
 
-// askInput relays one input request of the upstream (of any kind).
+// askInput relays one input request of the upstream (of any kind) and
+// checks that the answer is of the kind asked.
 func (p *Proxy) askInput(ctx context.Context, ir sdk.InputRequest) (sdk.InputResponse, error) {
+	var r sdk.InputResponse
+	var err error
+	ok := false
 	switch ir := ir.(type) {
 	case *sdk.CreateMessageParams:
-		return p.askClient(ctx, KindSampling, "sampling/createMessage", ir, samplingCap)
+		r, err = p.askClient(ctx, KindSampling, "sampling/createMessage", ir, samplingCap)
+		_, ok = r.(*sdk.CreateMessageWithToolsResult)
 	case *sdk.CreateMessageWithToolsParams:
-		return p.askClient(ctx, KindSampling, "sampling/createMessage", ir, samplingCap)
+		r, err = p.askClient(ctx, KindSampling, "sampling/createMessage", ir, samplingCap)
+		_, ok = r.(*sdk.CreateMessageWithToolsResult)
 	case *sdk.ElicitParams:
-		return p.askClient(ctx, KindElicitation, "elicitation/create", ir, elicitationCap)
+		r, err = p.askClient(ctx, KindElicitation, "elicitation/create", ir, elicitationCap)
+		_, ok = r.(*sdk.ElicitResult)
 	case *sdk.ListRootsParams:
-		return p.askClient(ctx, KindRoots, "roots/list", ir, rootsCap)
+		r, err = p.askClient(ctx, KindRoots, "roots/list", ir, rootsCap)
+		_, ok = r.(*sdk.ListRootsResult)
+	default:
+		return nil, fmt.Errorf("unknown input request %T", ir)
 	}
-	return nil, fmt.Errorf("unknown input request %T", ir)
+	switch {
+	case err != nil:
+		return nil, err
+	case !ok:
+		return nil, fmt.Errorf("the client answered %T with %T", ir, r)
+	}
+	return r, nil
 }
 
 func samplingCap(c *sdk.ClientCapabilities) bool    { return c.Sampling != nil }
