@@ -33,9 +33,18 @@ server inside it, or refuses when this host cannot enforce them.
 Every tools/call becomes an mcp.tool_call action named SERVER/TOOL: the
 policy decides, a single-use grant is signed and verified against the
 exact arguments forwarded, and intent, decision, grant, start and end (a
-digest of the result, never its content) go to the ledger. A denied call returns a tool error naming the
-rule; the upstream never sees it. A tool whose name, description or input
-schema changes after it was first seen is refused.
+digest of the result, never its content) go to the ledger. A denied call
+returns a tool error naming the rule; the upstream never sees it. A tool
+whose name, description or input schema changes after it was first seen
+is refused. resources/read and prompts/get are actions likewise
+(mcp.resource_read, mcp.prompt_get).
+
+When the server asks the client for an LLM completion, the user's answer
+or the client's roots while it serves a request, each is an action too
+(mcp.sampling, mcp.elicitation, mcp.roots, named SERVER/METHOD, the
+request's params as argument): permitted, it reaches the client as an
+input request of that request's result, and the answer goes back to the
+server; refused, the server gets an error and the client is never asked.
 
 Replace the server command in the MCP client's configuration with
 'etb mcp -- COMMAND ARGS'. Diagnostics go to stderr. When etb exits, the
