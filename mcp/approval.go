@@ -108,12 +108,16 @@ func (p *Proxy) expire(pk *parked, why string) {
 }
 
 // unpark removes and returns the execution parked under state.
-func (p *Proxy) unpark(state string) *parked {
+func (p *Proxy) unpark(state string) *parked { return take(p, p.parked, state) }
+
+// take removes and returns m[key] under p.mu (the zero value if absent):
+// whoever takes a parked request owns it.
+func take[V any](p *Proxy, m map[string]V, key string) V {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	pk := p.parked[state]
-	delete(p.parked, state)
-	return pk
+	v := m[key]
+	delete(m, key)
+	return v
 }
 
 // resume takes the execution parked under state for a call from ss whose

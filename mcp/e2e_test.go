@@ -108,12 +108,18 @@ func peer(t *testing.T, name string) []string {
 // connects a go-sdk client to it.
 func session(t *testing.T, home, pol string, upstream ...string) *sdk.ClientSession {
 	t.Helper()
+	return sessionWith(t, home, pol, nil, upstream...)
+}
+
+// sessionWith is session with the client's options.
+func sessionWith(t *testing.T, home, pol string, copt *sdk.ClientOptions, upstream ...string) *sdk.ClientSession {
+	t.Helper()
 	args := append([]string{"--home", home, "mcp", "--policy", pol, "--"}, upstream...)
 	cmd := exec.Command(etbBin, args...)
 	cmd.Stderr = testWriter{t}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c := sdk.NewClient(&sdk.Implementation{Name: "etb-test-client", Version: "1"}, nil)
+	c := sdk.NewClient(&sdk.Implementation{Name: "etb-test-client", Version: "1"}, copt)
 	cs, err := c.Connect(ctx, &sdk.CommandTransport{Command: cmd}, nil)
 	if err != nil {
 		t.Fatalf("connect to etb mcp: %v", err)

@@ -140,14 +140,8 @@ func relayAwait[R any](ctx context.Context, p *Proxy, rel *relay, needInput func
 	}
 }
 
-// takeRelay removes and returns the call parked under state.
-func (p *Proxy) takeRelay(state string) *relay {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	rel := p.relays[state]
-	delete(p.relays, state)
-	return rel
-}
+// takeRelay removes and returns the request parked under state.
+func (p *Proxy) takeRelay(state string) *relay { return take(p, p.relays, state) }
 
 // relayResume gives the client's answer to the request parked under state
 // and waits for what comes next. ok is false when no request is parked

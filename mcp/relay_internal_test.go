@@ -111,10 +111,7 @@ rules:
 	if n := elicited.Load(); n != 0 {
 		t.Errorf("the client was asked a forbidden elicitation %d times", n)
 	}
-	got := map[string]string{}
-	for _, s := range verifyHome(t, p, 6) {
-		got[s.Kind] += s.Decision + " "
-	}
+	got := byKind(verifyHome(t, p, 6), func(s gateway.Summary) string { return s.Decision + " " })
 	for kind, want := range map[string]string{"mcp.tool_call": "permit ", "mcp.sampling": "permit ", "mcp.prompt_get": "permit ",
 		"mcp.roots": "permit ", "mcp.resource_read": "permit ", "mcp.elicitation": "deny "} {
 		if got[kind] != want {
@@ -215,11 +212,17 @@ rules:
 	if n := asked.Load(); n != 2 {
 		t.Errorf("the user was asked %d times, want 2", n)
 	}
-	got := map[string]string{}
-	for _, s := range verifyHome(t, p, 3) {
-		got[s.Kind] += s.Outcome + ";"
-	}
+	got := byKind(verifyHome(t, p, 3), func(s gateway.Summary) string { return s.Outcome + ";" })
 	if got["mcp.prompt_get"] != "interrupted: approval_rejected;exit 0;" || got["mcp.roots"] != "exit 0;" {
 		t.Errorf("outcomes: %v", got)
 	}
+}
+
+// byKind joins f of each execution, newest first, by action kind.
+func byKind(list []gateway.Summary, f func(gateway.Summary) string) map[string]string {
+	got := map[string]string{}
+	for _, s := range list {
+		got[s.Kind] += f(s)
+	}
+	return got
 }

@@ -2,11 +2,9 @@ package mcp_test
 
 import (
 	"context"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
@@ -39,7 +37,7 @@ rules:
 	var mu sync.Mutex
 	var prompts []string
 	elicited := false
-	c := sdk.NewClient(&sdk.Implementation{Name: "etb-test-client", Version: "1"}, &sdk.ClientOptions{
+	copt := &sdk.ClientOptions{
 		CreateMessageHandler: func(_ context.Context, req *sdk.CreateMessageRequest) (*sdk.CreateMessageResult, error) {
 			mu.Lock()
 			defer mu.Unlock()
@@ -57,15 +55,8 @@ rules:
 			mu.Unlock()
 			return &sdk.ElicitResult{Action: "decline"}, nil
 		},
-	})
-	cmd := exec.Command(etbBin, append([]string{"--home", home, "mcp", "--policy", pol, "--"}, append(ev, "stdio")...)...)
-	cmd.Stderr = testWriter{t}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cs, err := c.Connect(ctx, &sdk.CommandTransport{Command: cmd}, nil)
-	if err != nil {
-		t.Fatalf("connect to etb mcp: %v", err)
 	}
+	cs := sessionWith(t, home, pol, copt, append(ev, "stdio")...)
 
 	res := call(t, cs, "trigger-sampling-request", map[string]any{"prompt": "relay me", "maxTokens": 10})
 	if res.IsError || !strings.Contains(text(res), "sampled by the test client") {
@@ -126,21 +117,15 @@ rules:
     match: {kind: mcp.sampling}
 `)
 	// A client that handles the input-required results itself.
-	c := sdk.NewClient(&sdk.Implementation{Name: "etb-test-client", Version: "1"}, &sdk.ClientOptions{
+	copt := &sdk.ClientOptions{
 		MultiRoundTrip: &sdk.MultiRoundTripOptions{Disabled: true},
 		CreateMessageHandler: func(context.Context, *sdk.CreateMessageRequest) (*sdk.CreateMessageResult, error) {
 			t.Error("the proxy sent a request of its own to a 2026-07-28 client")
 			return nil, nil
 		},
-	})
-	cmd := exec.Command(etbBin, append([]string{"--home", home, "mcp", "--policy", pol, "--"}, append(ev, "stdio")...)...)
-	cmd.Stderr = testWriter{t}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cs, err := c.Connect(ctx, &sdk.CommandTransport{Command: cmd}, nil)
-	if err != nil {
-		t.Fatalf("connect to etb mcp: %v", err)
 	}
+	cs := sessionWith(t, home, pol, copt, append(ev, "stdio")...)
+	ctx := context.Background()
 	args := map[string]any{"prompt": "first", "maxTokens": 10}
 	res := call(t, cs, "trigger-sampling-request", args)
 	if len(res.InputRequests) != 1 || res.RequestState == "" {
