@@ -928,3 +928,39 @@ func TestUndisturbed(t *testing.T) {
 		tx2.Rollback()
 	}
 }
+
+// TestIsBusy: SQLite's busy error is recognised (OpenSQLite tries again on
+// it), other errors are not.
+func TestIsBusy(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "busy.db")
+	a, err := OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(0)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	conn, err := a.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.ExecContext(ctx, "ROLLBACK")
+	_, err = b.ExecContext(ctx, "BEGIN IMMEDIATE")
+	if err == nil || !isBusy(err) {
+		t.Fatalf("a second writer: %v, want SQLITE_BUSY", err)
+	}
+	if _, err := b.ExecContext(ctx, "SELEKT 1"); err == nil || isBusy(err) {
+		t.Fatalf("a syntax error counted as busy: %v", err)
+	}
+	if isBusy(errors.New("database is locked")) {
+		t.Fatal("a plain error counted as busy")
+	}
+}

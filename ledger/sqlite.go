@@ -9,8 +9,10 @@ import (
 	"math"
 	"strings"
 	"sync"
+	"time"
 
-	_ "modernc.org/sqlite" // registers the "sqlite" driver
+	"modernc.org/sqlite" // also registers the "sqlite" driver
+	sqlite3 "modernc.org/sqlite/lib"
 )
 
 // OpenSQLite opens (creating if needed) the SQLite database file at path with
@@ -44,16 +46,40 @@ func OpenSQLite(ctx context.Context, path string) (*sql.DB, error) {
 	// idle connections makes a busy server open and close SQLite
 	// connections (and re-run the pragmas) on most queries.
 	db.SetMaxIdleConns(16)
+	// The first connection runs the pragmas. While another process
+	// creates the file, or its last connection checkpoints and removes the
+	// WAL on close, that can fail with SQLITE_BUSY before the busy handler
+	// is in force: a moment's condition, tried again for up to about five
+	// seconds.
 	var mode string
-	if err := db.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("ledger: open sqlite %q: %w", path, err)
+	for wait := 10 * time.Millisecond; ; wait *= 2 {
+		err := db.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode)
+		if err == nil {
+			break
+		}
+		if !isBusy(err) || wait > 2*time.Second {
+			db.Close()
+			return nil, fmt.Errorf("ledger: open sqlite %q: %w", path, err)
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			db.Close()
+			return nil, fmt.Errorf("ledger: open sqlite %q: %w", path, ctx.Err())
+		}
 	}
 	if !strings.EqualFold(mode, "wal") {
 		db.Close()
 		return nil, fmt.Errorf("ledger: sqlite %q is in journal mode %q, want wal", path, mode)
 	}
 	return db, nil
+}
+
+// isBusy reports whether err is SQLite's SQLITE_BUSY (5) or one of its
+// extended codes.
+func isBusy(err error) bool {
+	var se *sqlite.Error
+	return errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_BUSY
 }
 
 const sqliteSchema = `
