@@ -180,27 +180,8 @@ func inProcessWith(t testing.TB, policySrc string, copt *sdk.ClientOptions) (p *
 			calls.meta.Store(&m)
 			return &sdk.CallToolResult{Content: []sdk.Content{&sdk.TextContent{Text: "counted"}}}, nil
 		})
-	up.AddTool(&sdk.Tool{Name: "progress", InputSchema: map[string]any{"type": "object"}},
-		func(ctx context.Context, req *sdk.CallToolRequest) (*sdk.CallToolResult, error) {
-			for i := 1; i <= 2; i++ {
-				if err := req.Session.NotifyProgress(ctx, &sdk.ProgressNotificationParams{ProgressToken: req.Params.GetProgressToken(),
-					Progress: float64(i), Total: 2}); err != nil {
-					return nil, err
-				}
-			}
-			return &sdk.CallToolResult{Content: []sdk.Content{&sdk.TextContent{Text: "done"}}}, nil
-		})
-	up.AddTool(&sdk.Tool{Name: "slow", InputSchema: map[string]any{"type": "object"}},
-		func(ctx context.Context, req *sdk.CallToolRequest) (*sdk.CallToolResult, error) {
-			for i := 1; i <= 3; i++ {
-				if err := req.Session.NotifyProgress(ctx, &sdk.ProgressNotificationParams{ProgressToken: req.Params.GetProgressToken(),
-					Progress: float64(i), Total: 3}); err != nil {
-					return nil, err
-				}
-				time.Sleep(150 * time.Millisecond)
-			}
-			return &sdk.CallToolResult{Content: []sdk.Content{&sdk.TextContent{Text: "slow done"}}}, nil
-		})
+	up.AddTool(&sdk.Tool{Name: "progress", InputSchema: map[string]any{"type": "object"}}, progressTool(2, 0, "done"))
+	up.AddTool(&sdk.Tool{Name: "slow", InputSchema: map[string]any{"type": "object"}}, progressTool(3, 150*time.Millisecond, "slow done"))
 	up.AddTool(&sdk.Tool{Name: "block", InputSchema: map[string]any{"type": "object"}},
 		func(ctx context.Context, _ *sdk.CallToolRequest) (*sdk.CallToolResult, error) {
 			<-ctx.Done()
@@ -227,6 +208,21 @@ func inProcessWith(t testing.TB, policySrc string, copt *sdk.ClientOptions) (p *
 	}
 	t.Cleanup(func() { cs.Close() })
 	return p, closeGW, cs, calls
+}
+
+// progressTool notifies progress 1..n of n for the call's token, pausing
+// after each, then answers text.
+func progressTool(n int, pause time.Duration, text string) sdk.ToolHandler {
+	return func(ctx context.Context, req *sdk.CallToolRequest) (*sdk.CallToolResult, error) {
+		for i := 1; i <= n; i++ {
+			if err := req.Session.NotifyProgress(ctx, &sdk.ProgressNotificationParams{ProgressToken: req.Params.GetProgressToken(),
+				Progress: float64(i), Total: float64(n)}); err != nil {
+				return nil, err
+			}
+			time.Sleep(pause)
+		}
+		return &sdk.CallToolResult{Content: []sdk.Content{&sdk.TextContent{Text: text}}}, nil
+	}
 }
 
 const permitCount = `version: etb.policy/v1
