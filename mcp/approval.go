@@ -7,7 +7,6 @@ import (
 
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 
-	"github.com/etbproject/etb/action"
 	"github.com/etbproject/etb/gateway"
 	"github.com/etbproject/etb/lineage"
 )
@@ -79,7 +78,7 @@ func (p *Proxy) asker(ss *sdk.ServerSession) func(ex *gateway.Execution) string 
 		return nil
 	}
 	return func(ex *gateway.Execution) string {
-		state := action.NewID(time.Now())
+		state := newState()
 		wait := p.opt.ApprovalWait
 		if wait <= 0 {
 			wait = defaultApprovalWait

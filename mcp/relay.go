@@ -377,7 +377,10 @@ func (p *Proxy) relayHandlers(o *sdk.ClientOptions) {
 	}
 }
 
-// newState returns a fresh opaque request state (128 random bits, hex).
+// newState returns a fresh opaque request state: 128 bits from
+// crypto/rand, hex. With the session and the action digest it is what lets
+// a client answer a parked approval or input request, so all of it is
+// random (unlike action.NewID, whose first 48 bits are the time).
 func newState() string {
 	var b [16]byte
 	rand.Read(b[:])

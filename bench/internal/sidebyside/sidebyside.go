@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime/pprof"
+	"slices"
 	"strings"
 )
 
@@ -25,20 +26,11 @@ import (
 // of known.
 func CheckSystems(list string, known ...string) error {
 	for _, s := range strings.Split(list, ",") {
-		if !contains(known, s) {
+		if !slices.Contains(known, s) {
 			return fmt.Errorf("-systems: unknown system %q (want %s)", s, strings.Join(known, " or "))
 		}
 	}
 	return nil
-}
-
-func contains(l []string, s string) bool {
-	for _, x := range l {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // Child measures system in this process with run, under a CPU profile
