@@ -215,7 +215,12 @@ func (g *Gateway) taskLabels(ctx context.Context, tasks []string) ([]string, err
 	for i, t := range tasks {
 		args[i] = t
 	}
-	rows, err := g.db.QueryContext(ctx, q, args...)
+	// One statement per depth of the task tree, prepared once.
+	st, err := g.stmts.Get(ctx, q)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: read task labels: %w", err)
+	}
+	rows, err := st.QueryContext(ctx, args...)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: read task labels: %w", err)
 	}

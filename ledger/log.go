@@ -254,13 +254,16 @@ func (l *Log) Stats() Stats {
 //
 // Callers woken by the previous batch re-queue one by one, so a batch closed
 // too early would catch only the first of them and the next sync would carry
-// a small batch. A batch still smaller than the previous one therefore
-// lingers up to batchLinger for more requests; it never waits once it is as
-// large as the last batch, so a serial caller sees no added latency.
+// a small batch. A batch of fewer requests than the previous one therefore
+// lingers up to batchLinger for more; it never waits once it has as many
+// requests as the last batch, so a serial caller sees no added latency.
+// Requests are counted, not entries: a serial caller whose appends differ
+// in size (four events, then one) must not wait for a second caller that
+// does not exist.
 func (l *Log) sequence() {
 	defer close(l.done)
 	var carry *appendReq
-	last := 0 // entries in the previous batch
+	last := 0 // requests in the previous batch
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	for {
@@ -290,7 +293,7 @@ func (l *Log) sequence() {
 				continue
 			default:
 			}
-			if n >= last || openErr != nil {
+			if len(batch) >= last || openErr != nil {
 				break
 			}
 			if linger == nil {
@@ -307,7 +310,7 @@ func (l *Log) sequence() {
 			}
 		}
 		timer.Stop() // Go >= 1.23: no stale tick can be received after Stop
-		last = n
+		last = len(batch)
 		l.commitBatch(ctx, batch, n, bt, openErr)
 		cancel()
 		select {

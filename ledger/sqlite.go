@@ -513,7 +513,7 @@ func (s *SQLiteStorage) beginLocked(ctx context.Context) (*sql.Tx, bool, error) 
 			continue
 		}
 		var v int64
-		if err := tx.QueryRowContext(ctx, "PRAGMA data_version").Scan(&v); err != nil {
+		if err := s.dataVersion(ctx, tx).Scan(&v); err != nil {
 			_ = tx.Rollback()
 			s.dropConnLocked() // its state is unknown: not trusted again
 			return nil, false, err
@@ -524,6 +524,17 @@ func (s *SQLiteStorage) beginLocked(ctx context.Context) (*sql.Tx, bool, error) 
 		s.version, s.seen = v, true
 		return tx, undisturbed, nil
 	}
+}
+
+// dataVersion reads PRAGMA data_version in tx through the statement
+// cache: the pragma is evaluated when the statement runs, not when it is
+// prepared.
+func (s *SQLiteStorage) dataVersion(ctx context.Context, tx *sql.Tx) *sql.Row {
+	st, err := s.stmts.Get(ctx, "PRAGMA data_version")
+	if err != nil {
+		return tx.QueryRowContext(ctx, "PRAGMA data_version") // reports the same error
+	}
+	return tx.StmtContext(ctx, st).QueryRowContext(ctx)
 }
 
 func (s *SQLiteStorage) dropConnLocked() {
