@@ -60,19 +60,25 @@ func (g *Gateway) PolicySource(ctx context.Context, hash string) ([]byte, error)
 // writeIndex writes the index rows of events, the first at ledger index
 // first, inside the ledger's append transaction (see Gateway.append).
 func (g *Gateway) writeIndex(ctx context.Context, tx ledger.SQLExecer, ex *Execution, events []*lineage.Event, first uint64) error {
-	outcome := ""
+	outcome, inserted := "", false
+	for _, e := range events {
+		if o := outcomeOf(e); o != "" {
+			outcome = o
+		}
+	}
 	var args []any
 	for i, e := range events {
 		switch e.Type {
 		case lineage.TypeIntent:
 			// The intent's batch also holds the decision (Begin appends
-			// them together): one row with both.
+			// them together), and may hold the start: one row with all.
 			a := ex.Action
-			if err := insertRow(ctx, tx, "etb_executions", "id, time, agent, task, kind, name, args, decision, rules",
+			if err := insertRow(ctx, tx, "etb_executions", "id, time, agent, task, kind, name, args, decision, rules, outcome",
 				ex.ID, a.Time, a.Principal.ID, a.Task.ID, a.Action.Kind, a.Action.Name, summarize(a),
-				ex.Decision.Decision, strings.Join(ex.Decision.Rules, ",")); err != nil {
+				ex.Decision.Decision, strings.Join(ex.Decision.Rules, ","), outcome); err != nil {
 				return fmt.Errorf("gateway: index execution %s: %w", ex.ID, err)
 			}
+			inserted = true
 		case lineage.TypeDecision:
 			if i == 0 { // a decision recorded on its own (a re-decision)
 				if _, err := tx.ExecContext(ctx, `UPDATE etb_executions SET decision = ?, rules = ? WHERE id = ?`,
@@ -85,12 +91,9 @@ func (g *Gateway) writeIndex(ctx context.Context, tx ledger.SQLExecer, ex *Execu
 				return fmt.Errorf("gateway: index grant of %s: %w", ex.ID, err)
 			}
 		}
-		if o := outcomeOf(e); o != "" {
-			outcome = o
-		}
 		args = append(args, e.Execution, e.Seq, first+uint64(i), e.Type)
 	}
-	if outcome != "" {
+	if outcome != "" && !inserted {
 		if _, err := tx.ExecContext(ctx, `UPDATE etb_executions SET outcome = ? WHERE id = ?`, outcome, ex.ID); err != nil {
 			return fmt.Errorf("gateway: index outcome of %s: %w", ex.ID, err)
 		}

@@ -964,3 +964,45 @@ func TestIsBusy(t *testing.T) {
 		t.Fatal("a plain error counted as busy")
 	}
 }
+
+// TestTwoLogsOneStorage: two Logs appending through one SQLiteStorage
+// (one connection, so data_version sees neither) each notice the other's
+// appends: an append after the other Log's is at the right index, over
+// the tree the other extended, and both Logs' checkpoints verify.
+func TestTwoLogsOneStorage(t *testing.T) {
+	ctx := context.Background()
+	f := newLog(t)
+	signer, err := NewSigner(testOrigin, testKey("log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := New(ctx, f.st, signer, testOrigin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	var all [][]byte
+	for i, l := range []*Log{f.log, f.log, other, f.log, other, other, f.log} {
+		e := entryData(i)
+		first, err := l.Append(ctx, e)
+		if err != nil || first != uint64(i) {
+			t.Fatalf("append %d: index %d, %v", i, first, err)
+		}
+		all = append(all, e)
+		cp, err := l.Checkpoint(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cp.Size != uint64(len(all)) || !bytes.Equal(cp.Root, refRoot(all)) {
+			t.Fatalf("after append %d: checkpoint size %d root %x, want %d %x", i, cp.Size, cp.Root, len(all), refRoot(all))
+		}
+	}
+	if tx, err := f.st.BeginAppend(ctx); err != nil {
+		t.Fatal(err)
+	} else {
+		if got := tx.(*sqliteTx).Committed(); got != uint64(len(all))+1 {
+			t.Errorf("Committed = %d after the empty checkpoint and %d appends", got, len(all))
+		}
+		tx.Rollback()
+	}
+}

@@ -79,6 +79,10 @@ type committedBorder struct {
 	note   []byte
 	hashes [][]byte         // the compact range [0, size)
 	edge   map[uint8][]byte // the partial tile of each level
+	// commits is the storage's count of committed append transactions
+	// once this one was (valid if counted; see undisturbedTx).
+	commits uint64
+	counted bool
 }
 
 type appendReq struct {
@@ -428,6 +432,18 @@ func (l *Log) open(ctx context.Context) (_ *batchTx, err error) {
 			_ = tx.Rollback()
 		}
 	}()
+	if b := l.border; b != nil && b.counted {
+		if u, ok := tx.(undisturbedTx); ok && u.Undisturbed() && u.Committed() == b.commits {
+			// The last append transaction committed to the store was
+			// this Log's, and nobody else has written since (the write
+			// lock is held): the stored count, checkpoint and edge
+			// tiles are the ones it wrote, and reading them back is not
+			// needed.
+			if rng, err := l.factory.NewRange(0, b.size, append([][]byte(nil), b.hashes...)); err == nil {
+				return &batchTx{tx: tx, count: b.size, rng: rng, edge: b.edge}, nil
+			}
+		}
+	}
 	count, err := tx.EntryCount(ctx)
 	if err != nil {
 		return nil, err
@@ -453,8 +469,9 @@ func (l *Log) open(ctx context.Context) (_ *batchTx, err error) {
 		// from what is stored and refuses a mismatch.
 		if u, ok := tx.(undisturbedTx); ok && u.Undisturbed() {
 			// Nobody else has written since this Log's last append
-			// began (it held the write lock until its commit, after
-			// which the border was taken): the stored edge tiles are
+			// began, and the store ends at its checkpoint (another Log
+			// on the same storage may have appended in between, which
+			// the comparison above rules out): the stored edge tiles are
 			// the ones it wrote, without reading them back.
 			if rng, err := l.factory.NewRange(0, b.size, append([][]byte(nil), b.hashes...)); err == nil {
 				return &batchTx{tx: tx, count: count, rng: rng, edge: b.edge}, nil
@@ -538,6 +555,9 @@ func (l *Log) finish(ctx context.Context, bt *batchTx, entries [][]byte, sides [
 	// WaitCheckpoint may hand out without asking storage.
 	l.latest.Store(l.pending)
 	l.border = nextBorder(bt.edge, tiles, rng, l.pending.Note)
+	if u, ok := tx.(undisturbedTx); ok {
+		l.border.commits, l.border.counted = u.Committed()+1, true
+	}
 	l.batches.Add(1)
 	l.entries.Add(uint64(len(entries)))
 	l.notifyMu.Lock()

@@ -139,6 +139,9 @@ type SQLiteStorage struct {
 	version  int64     // data_version seen at conn's previous BeginAppend, if seen
 	seen     bool
 	closed   bool
+	// committed counts the append transactions committed (see
+	// sqliteTx.Committed).
+	committed uint64
 }
 
 // NewSQLiteStorage creates the ledger tables in db if they do not exist.
@@ -480,7 +483,7 @@ func (s *SQLiteStorage) BeginAppend(ctx context.Context) (AppendTx, error) {
 		s.appendMu.Unlock()
 		return nil, fmt.Errorf("ledger: begin append: %w", err)
 	}
-	return &sqliteTx{tx: tx, stmts: s.stmts, s: s, undisturbed: undisturbed}, nil
+	return &sqliteTx{tx: tx, stmts: s.stmts, s: s, undisturbed: undisturbed, committed: s.committed}, nil
 }
 
 // beginLocked begins the transaction on the append connection, taking a
@@ -570,6 +573,7 @@ type sqliteTx struct {
 	// undisturbed: no other connection or process committed to the
 	// database since the previous append transaction of s began.
 	undisturbed bool
+	committed   uint64 // the storage's append commits before this one
 	// pending are the rows AddRow deferred, by table and columns, in the
 	// order those were first used.
 	pending []*pendingRows
@@ -809,6 +813,11 @@ func (t *sqliteTx) WriteCheckpoint(ctx context.Context, size uint64, n []byte) e
 // it cannot tell (the first transaction, a new connection).
 func (t *sqliteTx) Undisturbed() bool { return t.undisturbed }
 
+// Committed is the number of append transactions the storage committed
+// before this one began: a Log that made the last of them, in an
+// undisturbed transaction, knows what is stored.
+func (t *sqliteTx) Committed() uint64 { return t.committed }
+
 // release lets the next append transaction of the storage begin. The
 // caller holds t.mu and has just ended t.tx.
 func (t *sqliteTx) release(failed bool) {
@@ -841,6 +850,9 @@ func (t *sqliteTx) Commit() error {
 		// database/sql has rolled back or discarded the connection.
 		t.release(true)
 		return fmt.Errorf("ledger: commit: %w", err)
+	}
+	if t.s != nil {
+		t.s.committed++ // appendMu is still held
 	}
 	t.release(false)
 	return nil

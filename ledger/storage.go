@@ -56,13 +56,16 @@ type Storage interface {
 
 // An undisturbedTx is an AppendTx that can tell that no one but its
 // Storage's own append transactions has committed to the store since the
-// previous one began (SQLiteStorage's can). A Log whose last commit was
-// that previous transaction then knows the stored border without reading
-// it. The entry count and latest checkpoint are still compared, which
-// also covers two Logs appending through one Storage.
+// previous one began (SQLiteStorage's can), and how many append
+// transactions its Storage committed before it. A Log whose own commit was
+// the last of those (two Logs may append through one Storage) then knows
+// the stored count, checkpoint and border without reading them.
 type undisturbedTx interface {
 	AppendTx
 	Undisturbed() bool
+	// Committed is the number of append transactions the Storage
+	// committed before this one began.
+	Committed() uint64
 }
 
 // AppendTx is an exclusive append transaction (see Storage.BeginAppend).
