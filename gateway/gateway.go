@@ -515,11 +515,27 @@ func (g *Gateway) append(ctx context.Context, ex *Execution, events []*lineage.E
 
 // queryRow runs a query of the decision path through the statement cache.
 func (g *Gateway) queryRow(ctx context.Context, query string, args ...any) *sql.Row {
-	st, err := g.stmts.Get(ctx, query)
+	return pooled{g}.QueryRowContext(ctx, query, args...)
+}
+
+// pooled is a ledger.Querier on the connection pool, through the
+// statement cache.
+type pooled struct{ g *Gateway }
+
+func (p pooled) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	st, err := p.g.stmts.Get(ctx, query)
 	if err != nil {
-		return g.db.QueryRowContext(ctx, query, args...) // reports the same error
+		return p.g.db.QueryRowContext(ctx, query, args...) // reports the same error
 	}
 	return st.QueryRowContext(ctx, args...)
+}
+
+func (p pooled) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	st, err := p.g.stmts.Get(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return st.QueryContext(ctx, args...)
 }
 
 // Summary is one execution as `etb log` shows it.

@@ -116,9 +116,24 @@ func (g *Gateway) createTaskTables(ctx context.Context) error {
 // places the task under parent (which must exist) or makes it a root; a
 // parent that contradicts the recorded one is an error.
 func (g *Gateway) loadTask(ctx context.Context, id, parent string) (*taskState, error) {
+	// Decisions read task state right after the previous batch committed:
+	// the appending connection, when idle, still holds those pages.
+	var st *taskState
+	read := func(q ledger.Querier) (err error) {
+		st, err = g.readTask(ctx, q, id, parent)
+		return err
+	}
+	if ok, err := g.st.ReadWarm(ctx, read); ok {
+		return st, err
+	}
+	return st, read(pooled{g})
+}
+
+// readTask is loadTask's reading through q.
+func (g *Gateway) readTask(ctx context.Context, q ledger.Querier, id, parent string) (*taskState, error) {
 	st := &taskState{id: id}
 	var anc, recent string
-	err := g.queryRow(ctx, `SELECT root, parent, ancestors, version, recent, delegation FROM etb_tasks WHERE id = ?`, id).
+	err := q.QueryRowContext(ctx, `SELECT root, parent, ancestors, version, recent, delegation FROM etb_tasks WHERE id = ?`, id).
 		Scan(&st.root, &st.parent, &anc, &st.version, &recent, &st.delegation)
 	switch {
 	case err == nil:
@@ -135,7 +150,7 @@ func (g *Gateway) loadTask(ctx context.Context, id, parent string) (*taskState, 
 	case errors.Is(err, sql.ErrNoRows):
 		st.root, st.parent = id, parent
 		if parent != "" {
-			p, err := g.loadTask(ctx, parent, "")
+			p, err := g.readTask(ctx, q, parent, "")
 			if err != nil {
 				return nil, err
 			}
@@ -162,7 +177,7 @@ func (g *Gateway) loadTask(ctx context.Context, id, parent string) (*taskState, 
 		st.labels = []string{}
 		return st, nil
 	}
-	labels, err := g.taskLabels(ctx, append(append([]string{}, st.ancestors...), id))
+	labels, err := taskLabels(ctx, q, append(append([]string{}, st.ancestors...), id))
 	if err != nil {
 		return nil, err
 	}
@@ -209,18 +224,14 @@ func (g *Gateway) lockTask(ctx context.Context, id, parent string, fresh bool) (
 }
 
 // taskLabels returns the sorted union of the labels of tasks.
-func (g *Gateway) taskLabels(ctx context.Context, tasks []string) ([]string, error) {
-	q := `SELECT DISTINCT label FROM etb_task_labels WHERE task IN (` + strings.TrimSuffix(strings.Repeat("?,", len(tasks)), ",") + `) ORDER BY label`
+func taskLabels(ctx context.Context, q ledger.Querier, tasks []string) ([]string, error) {
+	// One statement per depth of the task tree, prepared once.
+	query := `SELECT DISTINCT label FROM etb_task_labels WHERE task IN (` + strings.TrimSuffix(strings.Repeat("?,", len(tasks)), ",") + `) ORDER BY label`
 	args := make([]any, len(tasks))
 	for i, t := range tasks {
 		args[i] = t
 	}
-	// One statement per depth of the task tree, prepared once.
-	st, err := g.stmts.Get(ctx, q)
-	if err != nil {
-		return nil, fmt.Errorf("gateway: read task labels: %w", err)
-	}
-	rows, err := st.QueryContext(ctx, args...)
+	rows, err := q.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: read task labels: %w", err)
 	}
@@ -467,7 +478,7 @@ func (g *Gateway) TaskTree(ctx context.Context, task string) (*TaskNode, error) 
 				p.Children = append(p.Children, n)
 			}
 		}
-		labels, err := g.taskLabels(ctx, []string{id})
+		labels, err := taskLabels(ctx, pooled{g}, []string{id})
 		if err != nil {
 			return nil, err
 		}

@@ -1006,3 +1006,54 @@ func TestTwoLogsOneStorage(t *testing.T) {
 		tx.Rollback()
 	}
 }
+
+// TestReadWarm: reads on the appending connection happen only while no
+// append transaction is open, and see every commit, this storage's own and
+// another connection's alike.
+func TestReadWarm(t *testing.T) {
+	ctx := context.Background()
+	f := newLog(t)
+	count := func(q Querier) (n int, err error) {
+		err = q.QueryRowContext(ctx, "SELECT COUNT(*) FROM ledger_checkpoints").Scan(&n)
+		return n, err
+	}
+	warm := func() (int, bool) {
+		t.Helper()
+		var n int
+		ok, err := f.st.ReadWarm(ctx, func(q Querier) (err error) {
+			n, err = count(q)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n, ok
+	}
+	if _, err := f.log.Append(ctx, entryData(0)); err != nil {
+		t.Fatal(err)
+	}
+	if n, ok := warm(); !ok || n != 2 {
+		t.Fatalf("after an append: ReadWarm = %d checkpoints, %v; want 2, true", n, ok)
+	}
+	// Another connection's commit is seen too.
+	if _, err := f.db.ExecContext(ctx, "INSERT INTO ledger_checkpoints (size, note) VALUES (99, x'00')"); err != nil {
+		t.Fatal(err)
+	}
+	if n, ok := warm(); !ok || n != 3 {
+		t.Fatalf("after another connection's commit: ReadWarm = %d checkpoints, %v; want 3, true", n, ok)
+	}
+	// Not while an append transaction is open.
+	tx, err := f.st.BeginAppend(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := warm(); ok {
+		t.Fatal("ReadWarm ran while an append transaction was open")
+	}
+	tx.Rollback()
+	// Not after Close.
+	f.st.Close()
+	if _, ok := warm(); ok {
+		t.Fatal("ReadWarm ran after Close")
+	}
+}

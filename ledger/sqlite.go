@@ -142,6 +142,8 @@ type SQLiteStorage struct {
 	// committed counts the append transactions committed (see
 	// sqliteTx.Committed).
 	committed uint64
+	// warm are the statements ReadWarm prepared on conn, by query.
+	warm map[string]*sql.Stmt
 }
 
 // NewSQLiteStorage creates the ledger tables in db if they do not exist.
@@ -209,11 +211,6 @@ func toInt64(v uint64, what string) (int64, error) {
 	return int64(v), nil
 }
 
-type querier interface {
-	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
-	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
-}
-
 // Entries implements Storage.
 func (s *SQLiteStorage) Entries(ctx context.Context, from, to uint64) ([][]byte, error) {
 	if from > to {
@@ -264,7 +261,7 @@ var errStopScan = errors.New("ledger: stop scan")
 
 // scanEntryRows calls fn for each entry row that holds an index >= from (the
 // last row starting at or before from, and every row after it), in order.
-func scanEntryRows(ctx context.Context, q querier, from uint64, fn func(idx, count uint64, data []byte) error) error {
+func scanEntryRows(ctx context.Context, q Querier, from uint64, fn func(idx, count uint64, data []byte) error) error {
 	f, err := toInt64(from, "entry index")
 	if err != nil {
 		return err
@@ -331,7 +328,7 @@ func (s *SQLiteStorage) Tiles(ctx context.Context, ids []TileID) ([][]byte, erro
 
 // readTiles reads the widest stored row of each tile, one indexed query per
 // tile (a descending scan of the primary key that stops at the first row).
-func readTiles(ctx context.Context, q querier, ids []TileID) ([][]byte, error) {
+func readTiles(ctx context.Context, q Querier, ids []TileID) ([][]byte, error) {
 	out := make([][]byte, len(ids))
 	for i, id := range ids {
 		idx, err := toInt64(id.Index, "tile index")
@@ -418,7 +415,7 @@ func (s *SQLiteStorage) ScanCheckpoints(ctx context.Context, fn func(uint64, []b
 }
 
 // scan runs query and calls row for each result row until it fails.
-func scan(ctx context.Context, q querier, what string, row func(*sql.Rows) error, query string, args ...any) error {
+func scan(ctx context.Context, q Querier, what string, row func(*sql.Rows) error, query string, args ...any) error {
 	rows, err := q.QueryContext(ctx, query, args...)
 	if err != nil {
 		return fmt.Errorf("ledger: scan %s: %w", what, err)
@@ -440,7 +437,7 @@ func (s *SQLiteStorage) LatestCheckpoint(ctx context.Context) (uint64, []byte, e
 	return latestCheckpoint(ctx, s.db)
 }
 
-func latestCheckpoint(ctx context.Context, q querier) (uint64, []byte, error) {
+func latestCheckpoint(ctx context.Context, q Querier) (uint64, []byte, error) {
 	var size int64
 	var n []byte
 	err := q.QueryRowContext(ctx, "SELECT size, note FROM ledger_checkpoints ORDER BY size DESC LIMIT 1").Scan(&size, &n)
@@ -540,7 +537,73 @@ func (s *SQLiteStorage) dataVersion(ctx context.Context, tx *sql.Tx) *sql.Row {
 	return tx.StmtContext(ctx, st).QueryRowContext(ctx)
 }
 
+// Querier runs read queries: *sql.DB and *sql.Conn are Queriers.
+type Querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// ReadWarm runs fn with a Querier on the connection the append
+// transactions run on, if none is in progress; otherwise it reports false
+// without running fn, and the caller reads through the pool instead. The
+// answers are the same: every commit is visible to every connection. What
+// differs is the cost: after a commit, a pooled connection's next read
+// transaction drops its whole page cache and reads each page again (SQLite
+// does so whenever another connection has changed the WAL), while the
+// appending connection still holds the pages it just wrote. fn must only
+// read, must close what it opens, and must be quick: appends wait for it.
+func (s *SQLiteStorage) ReadWarm(ctx context.Context, fn func(Querier) error) (bool, error) {
+	if !s.appendMu.TryLock() {
+		return false, nil
+	}
+	defer s.appendMu.Unlock()
+	if s.closed || s.conn == nil {
+		return false, nil
+	}
+	return true, fn(warmConn{s})
+}
+
+// warmConn is ReadWarm's Querier: statements prepared on s.conn once
+// (database/sql offers no statement cache for a Conn). The caller holds
+// s.appendMu.
+type warmConn struct{ s *SQLiteStorage }
+
+func (w warmConn) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
+	if st, ok := w.s.warm[query]; ok {
+		return st, nil
+	}
+	st, err := w.s.conn.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	if w.s.warm == nil {
+		w.s.warm = map[string]*sql.Stmt{}
+	}
+	w.s.warm[query] = st
+	return st, nil
+}
+
+func (w warmConn) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	st, err := w.stmt(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return st.QueryContext(ctx, args...)
+}
+
+func (w warmConn) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	st, err := w.stmt(ctx, query)
+	if err != nil {
+		return w.s.conn.QueryRowContext(ctx, query, args...) // reports the same error
+	}
+	return st.QueryRowContext(ctx, args...)
+}
+
 func (s *SQLiteStorage) dropConnLocked() {
+	for _, st := range s.warm {
+		_ = st.Close()
+	}
+	s.warm = nil
 	if s.conn != nil {
 		_ = s.conn.Raw(func(any) error { return driver.ErrBadConn })
 		_ = s.conn.Close()
@@ -555,6 +618,10 @@ func (s *SQLiteStorage) Close() error {
 	s.appendMu.Lock()
 	defer s.appendMu.Unlock()
 	s.closed = true
+	for _, st := range s.warm {
+		_ = st.Close()
+	}
+	s.warm = nil
 	if s.conn == nil {
 		return nil
 	}
@@ -691,7 +758,7 @@ func (t *sqliteTx) Tiles(ctx context.Context, ids []TileID) ([][]byte, error) {
 }
 
 // cachedTx runs the queries of an append transaction through the
-// statement cache (a querier).
+// statement cache (a Querier).
 type cachedTx struct {
 	t *sqliteTx
 	c *sql.Tx
