@@ -117,7 +117,11 @@ func (g *Gateway) createTaskTables(ctx context.Context) error {
 // parent that contradicts the recorded one is an error.
 func (g *Gateway) loadTask(ctx context.Context, id, parent string) (*taskState, error) {
 	// Decisions read task state right after the previous batch committed:
-	// the appending connection, when idle, still holds those pages.
+	// the appending connection, when idle, still holds those pages. The
+	// reads take microseconds and are not cut short by the request's end:
+	// with a context that cannot end, the SQLite driver and database/sql
+	// start no goroutine per query to watch it.
+	ctx = context.WithoutCancel(ctx)
 	var st *taskState
 	read := func(q ledger.Querier) (err error) {
 		st, err = g.readTask(ctx, q, id, parent)

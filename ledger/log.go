@@ -24,7 +24,10 @@ const (
 	MaxReadEntries  = 1 << 16   // entries returned by one Entries call
 )
 
-// batchTimeout bounds one append transaction, lock wait included.
+// batchTimeout is the deadline of the context Storage.BeginAppend gets: it
+// bounds the wait for the write lock (SQLiteStorage's wait is bounded by
+// its busy timeout instead). The statements inside the transaction run
+// under a context without it (see Log.open).
 const batchTimeout = 30 * time.Second
 
 // waitPoll is how often WaitCheckpoint re-reads the storage, for
@@ -283,8 +286,9 @@ func (l *Log) sequence() {
 				return
 			}
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
-		bt, openErr := l.open(ctx)
+		lockCtx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+		bt, openErr := l.open(lockCtx)
+		ctx := context.WithoutCancel(lockCtx)
 		n, size := len(batch[0].entries), batch[0].size
 		var linger <-chan time.Time // non-nil once this batch lingers
 	fill:
@@ -427,6 +431,10 @@ func (l *Log) open(ctx context.Context) (_ *batchTx, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// Under the write lock a statement waits for nothing but the disk,
+	// which no deadline interrupts; run without one, the SQLite driver
+	// does not start a goroutine per statement to watch it.
+	ctx = context.WithoutCancel(ctx)
 	defer func() {
 		if err != nil {
 			_ = tx.Rollback()

@@ -498,7 +498,12 @@ func (s *SQLiteStorage) beginLocked(ctx context.Context) (*sql.Tx, bool, error) 
 			}
 			s.conn, s.seen = conn, false
 		}
-		tx, err := s.conn.BeginTx(ctx, nil)
+		// Run without ctx's end, BEGIN IMMEDIATE waits for other
+		// writers up to the busy timeout (10 s), and the driver starts
+		// no goroutine to watch the context, for it and for every
+		// statement of the transaction (under the write lock they wait
+		// for nothing but the disk).
+		tx, err := s.conn.BeginTx(context.WithoutCancel(ctx), nil)
 		if err != nil {
 			// A busy database (another writer past the busy timeout) is
 			// an error of the moment; a broken connection is replaced,
@@ -513,7 +518,7 @@ func (s *SQLiteStorage) beginLocked(ctx context.Context) (*sql.Tx, bool, error) 
 			continue
 		}
 		var v int64
-		if err := s.dataVersion(ctx, tx).Scan(&v); err != nil {
+		if err := s.dataVersion(context.WithoutCancel(ctx), tx).Scan(&v); err != nil {
 			_ = tx.Rollback()
 			s.dropConnLocked() // its state is unknown: not trusted again
 			return nil, false, err
