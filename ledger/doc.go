@@ -46,9 +46,14 @@
 //     partial tile of each level) of the committed tree, and refuses to go on
 //     unless the count equals the checkpoint size, each edge tile has
 //     exactly the width that size implies, and the root recomputed from the
-//     edge tiles is the checkpoint's root. Everything is re-read under the
-//     lock, so a second Log, in this or another process, can never fork the
-//     tree, and a damaged store is refused rather than extended;
+//     edge tiles is the checkpoint's root. All of it is read under the lock,
+//     so a second Log, in this or another process, can never fork the tree,
+//     and a store damaged through SQLite is refused rather than extended.
+//     One case skips the reads: the storage tells, under the lock, that the
+//     last append transaction committed was this Log's own and that no
+//     other connection or process has committed since (SQLite's PRAGMA
+//     data_version); then what is stored is what this Log wrote, and its
+//     own record of it is used;
 //  2. closes the batch: every request queued by then (see Log.sequence),
 //     and hashes its entries into the compact range, collecting each new
 //     hash at a tile level;

@@ -46,7 +46,8 @@ var hasher = rfc6962.DefaultHasher
 
 // Log is an append-only Merkle log on a Storage. Its methods are safe for
 // concurrent use. Several Logs (in one or several processes) may share one
-// storage: every batch re-reads the tree state under the storage write lock.
+// storage: every batch establishes the tree state under the storage write
+// lock (see the package documentation, step 1).
 type Log struct {
 	st      Storage
 	signer  note.Signer
