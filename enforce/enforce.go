@@ -43,7 +43,9 @@
 // tree is sampled while it runs), and orphans holding the write end of its
 // output pipes — repeating until none is left, and reaps the orphans that
 // were reparented here. Other children of the calling process, such as
-// commands run concurrently by other Runs, are never touched.
+// commands run concurrently by other Runs, are never touched. A Tracker
+// does the same for a command that someone else starts and waits for (an
+// MCP SDK's command transport: `etb mcp`'s upstream), after Subreaper.
 //
 // Without a PID namespace this attribution has gaps. A descendant that,
 // within one sampling interval, leaves the process group (setsid), closes

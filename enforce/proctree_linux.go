@@ -148,8 +148,12 @@ func holdsWriteEnd(pid int, markers map[string]bool) bool {
 // concurrently) match none of these and are never touched.
 type tree struct {
 	self, child int
-	markers     map[string]bool
-	seen        map[int]uint64 // pid → start time of every member seen so far
+	// childStart is the child's start time when someone else may reap
+	// it (Track): its pid may then name another process later. 0 when
+	// the child is reaped only after teardown (Run).
+	childStart uint64
+	markers    map[string]bool
+	seen       map[int]uint64 // pid → start time of every member seen so far
 }
 
 func newTree(child int, markers map[string]bool) *tree {
@@ -173,9 +177,10 @@ func (t *tree) members(procs map[int]procInfo) map[int]procInfo {
 			stack = append(stack, p.pid)
 		}
 	}
+	reused := t.reused(procs)
 	for pid, p := range procs {
 		switch {
-		case pid == t.child, p.pgid == t.child:
+		case !reused && (pid == t.child || p.pgid == t.child):
 			add(p)
 		case t.wasSeen(p):
 			add(p)
@@ -197,6 +202,15 @@ func (t *tree) members(procs map[int]procInfo) map[int]procInfo {
 		t.seen[pid] = p.start
 	}
 	return m
+}
+
+// reused reports whether the child's pid now names another process: the
+// child was reaped by its owner and the pid given out again. Its process
+// group is then not the child's: while any member of a group lives, Linux
+// gives its id to no new process.
+func (t *tree) reused(procs map[int]procInfo) bool {
+	p, ok := procs[t.child]
+	return t.childStart != 0 && ok && p.start != t.childStart
 }
 
 // wasSeen reports whether p, same pid and start time, was a member before.
@@ -238,10 +252,13 @@ func (t *tree) teardown() error {
 			return err
 		}
 		m := t.members(procs)
-		// The child is not reaped before teardown ends, so its pid and
-		// therefore the group id cannot have been reused. Best effort:
-		// a member that cannot be signalled is reported by kill below.
-		unix.Kill(-t.child, unix.SIGKILL)
+		// Run reaps the child only after teardown, so its pid and
+		// therefore the group id cannot have been reused; Track's child
+		// is checked by its start time. Best effort: a member that
+		// cannot be signalled is reported by kill below.
+		if !t.reused(procs) {
+			unix.Kill(-t.child, unix.SIGKILL)
+		}
 		var alive []int
 		var errs []error
 		for pid, p := range m {

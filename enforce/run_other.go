@@ -13,3 +13,19 @@ import (
 func Run(ctx context.Context, cmd Command, authorize Authorize, onStart func(pid int) error) (Result, error) {
 	return Result{}, errors.New("enforce: run: not supported on " + runtime.GOOS)
 }
+
+// Subreaper refuses on this platform (see Run).
+func Subreaper() error {
+	return errors.New("enforce: child subreaper: not supported on " + runtime.GOOS)
+}
+
+// Tracker is not available on this platform (see Run).
+type Tracker struct{}
+
+// Track refuses on this platform (see Run).
+func Track(pid int) (*Tracker, error) {
+	return nil, errors.New("enforce: track a process tree: not supported on " + runtime.GOOS)
+}
+
+// Kill does nothing on this platform.
+func (*Tracker) Kill() error { return nil }

@@ -54,8 +54,13 @@ func TestMain(m *testing.M) {
 // tools/list_changed), as a server swapping a tool's meaning would.
 func runPinTestServer() {
 	if f := os.Getenv("ETB_MCP_TEST_CHILD_PIDFILE"); f != "" {
-		// A grandchild of etb that would outlive a careless proxy.
+		// A grandchild of etb that would outlive a careless proxy; with
+		// ETB_MCP_TEST_CHILD_SETSID=1 in a session (and so a process
+		// group) of its own.
 		c := exec.Command("sleep", "120")
+		if os.Getenv("ETB_MCP_TEST_CHILD_SETSID") == "1" {
+			c.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		}
 		if err := c.Start(); err != nil {
 			fmt.Fprintln(os.Stderr, "pin test server:", err)
 			os.Exit(1)
@@ -513,9 +518,16 @@ rules:
 	verifyAll(t, home, pol, 6) // 3 starts (the last ends at once), greet, greet, swap
 }
 
-// When the client goes away, etb kills the upstream's whole process group,
-// including children the upstream left behind.
+// When the client goes away, etb kills the upstream's whole process tree:
+// its process group, and a child the upstream put in a session and
+// process group of its own (setsid), which a group kill alone misses.
 func TestUpstreamTreeKilled(t *testing.T) {
+	for _, setsid := range []string{"0", "1"} {
+		t.Run("setsid="+setsid, func(t *testing.T) { testUpstreamTreeKilled(t, setsid) })
+	}
+}
+
+func testUpstreamTreeKilled(t *testing.T, setsid string) {
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -523,6 +535,7 @@ func TestUpstreamTreeKilled(t *testing.T) {
 	pidFile := filepath.Join(t.TempDir(), "child.pid")
 	t.Setenv("ETB_MCP_TEST_SERVER", "1")
 	t.Setenv("ETB_MCP_TEST_CHILD_PIDFILE", pidFile)
+	t.Setenv("ETB_MCP_TEST_CHILD_SETSID", setsid)
 	pol := policyFile(t, "version: etb.policy/v1\nname: none\nrules: []\n")
 	cs := session(t, t.TempDir(), pol, self)
 	b, err := os.ReadFile(pidFile)

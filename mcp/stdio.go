@@ -76,6 +76,11 @@ func RunStdio(ctx context.Context, b Boundary, argv []string, in io.ReadCloser, 
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
+	// Descendants the upstream orphans are reparented to this process,
+	// where the upstream's tracker still finds them (see serveStdio).
+	if err := enforce.Subreaper(); err != nil {
+		return fmt.Errorf("mcp: upstream command: %w", err)
+	}
 	if opt.Cwd == "" {
 		opt.Cwd, _ = os.Getwd()
 	}
@@ -121,6 +126,9 @@ func RunStdio(ctx context.Context, b Boundary, argv []string, in io.ReadCloser, 
 		}
 		if err == nil && sb != nil {
 			cmd, err = sandbox.CommandFile(ctx, *sb, prog, append([]string{up.Program}, up.Argv...), nil)
+			if err == nil {
+				cmd.SysProcAttr.Setpgid = true // a group of its own, as an unsandboxed upstream's
+			}
 		}
 		if err != nil {
 			unenforceable = fmt.Errorf("the grant's obligations cannot be enforced here: %w", err)
@@ -176,10 +184,23 @@ func RunStdio(ctx context.Context, b Boundary, argv []string, in io.ReadCloser, 
 
 // serveStdio starts cmd as the upstream, connects the proxy to it and
 // serves downstream until the client disconnects or ctx ends; then it
-// kills what is left of the upstream's process tree.
+// kills what is left of the upstream's process tree: its process group,
+// its descendants, and what was seen in its tree while it ran
+// (enforce.Tracker), a sandboxed upstream's helper (PID 1 of its
+// namespace) among them.
 func serveStdio(ctx context.Context, b Boundary, cmd *exec.Cmd, up Upstream, in io.ReadCloser, out io.WriteCloser, opt Options, ready func()) (err error) {
 	p := New(b, opt)
 	connectErr := p.Connect(ctx, &sdk.CommandTransport{Command: cmd, TerminateDuration: 2 * time.Second}, up)
+	var tr *enforce.Tracker
+	if cmd.Process != nil {
+		var terr error
+		if tr, terr = enforce.Track(cmd.Process.Pid); terr != nil && connectErr == nil {
+			// Without the tracker the tree could outlive the proxy:
+			// refuse to serve (the group is still killed below).
+			connectErr = fmt.Errorf("mcp: follow the upstream's process tree: %w", terr)
+			p.Close()
+		}
+	}
 	if connectErr == nil && ready != nil {
 		ready() // started: from now on the session bounds it
 	}
@@ -187,8 +208,12 @@ func serveStdio(ctx context.Context, b Boundary, cmd *exec.Cmd, up Upstream, in 
 		if cmd.Process == nil {
 			return
 		}
-		// Kill whatever the upstream left in its process group (a
-		// sandboxed upstream: its helper, PID 1 of its namespace).
+		if tr != nil {
+			if kerr := tr.Kill(); kerr != nil {
+				err = errors.Join(err, fmt.Errorf("mcp: kill the upstream's process tree: %w", kerr))
+			}
+			return
+		}
 		kerr := syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		if errors.Is(kerr, syscall.ESRCH) {
 			kerr = nil

@@ -49,7 +49,8 @@ server; refused, the server gets an error and the client is never asked.
 
 Replace the server command in the MCP client's configuration with
 'etb mcp -- COMMAND ARGS'. Diagnostics go to stderr. When etb exits, the
-upstream's process group is killed.
+upstream's process tree is killed (its group, its descendants, and
+what was seen in its tree while it ran).
 
 With --listen and --upstream, etb serves streamable HTTP on ADDR in front
 of the remote MCP endpoint URL instead (requests on a loopback address
