@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http/httptest"
+	"net/http/httptrace"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -233,5 +235,41 @@ func TestGovernLeaseLossSpools(t *testing.T) {
 	}
 	if names, err := agent.Spooled(); err != nil || len(names) != 1 {
 		t.Errorf("spool: %v %v, want the interrupt", names, err)
+	}
+}
+
+// TestGovernOneConnection: a client's governed actions share one TLS
+// connection to the gateway (HTTP/2), watch streams included; over
+// HTTP/1.1 every action's watch stream took a connection that its end
+// then closed, and the next action paid a new mTLS handshake.
+func TestGovernOneConnection(t *testing.T) {
+	clientFor, _ := testGateway(t, governPolicy)
+	agent := clientFor("spiffe://etb.local/agent/a")
+	var mu sync.Mutex
+	var fresh int
+	protos := map[string]bool{}
+	ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		mu.Lock()
+		defer mu.Unlock()
+		if !info.Reused {
+			fresh++
+		}
+		if tc, ok := info.Conn.(*tls.Conn); ok {
+			protos[tc.ConnectionState().NegotiatedProtocol] = true
+		}
+	}})
+	for i := range 5 {
+		g, err := agent.Govern(ctx, client.GovernRequest{Spec: fetch("fetch")}, func(context.Context, *client.Granted) (client.Outcome, error) {
+			time.Sleep(20 * time.Millisecond) // the watch stream is open meanwhile
+			return client.Outcome{}, nil
+		})
+		if err != nil || !g.Ran {
+			t.Fatalf("action %d: %v %+v", i, err, g)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if fresh != 1 || len(protos) != 1 || !protos["h2"] {
+		t.Errorf("5 governed actions opened %d connections, protocols %v; want 1, h2", fresh, protos)
 	}
 }

@@ -38,6 +38,11 @@ const AttestationX509SVID = "x509-svid"
 // files cannot be loaded (a rotation in progress, a bad file) the last good
 // SVID keeps being served while it is valid; an expired SVID is never
 // served.
+//
+// ALPN offers h2 before http/1.1: an http.Server serving a listener made
+// with it speaks HTTP/2 to clients that offer it, so one client's calls,
+// long-lived watch streams included, share one connection and one
+// handshake (every stream on it is the peer the handshake verified).
 func ServerTLSConfig(certFile, keyFile string, bundle x509bundle.Source, authorize func(spiffeid.ID) error) (*tls.Config, error) {
 	if bundle == nil {
 		return nil, errors.New("identity: server TLS: bundle source is nil")
@@ -51,6 +56,7 @@ func ServerTLSConfig(certFile, keyFile string, bundle x509bundle.Source, authori
 	}
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
+		NextProtos: []string{"h2", "http/1.1"},
 		ClientAuth: tls.RequireAnyClientCert,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return svid.certificate(time.Now())
