@@ -27,5 +27,8 @@ func Track(pid int) (*Tracker, error) {
 	return nil, errors.New("enforce: track a process tree: not supported on " + runtime.GOOS)
 }
 
+// Sample does nothing on this platform.
+func (*Tracker) Sample() {}
+
 // Kill does nothing on this platform.
 func (*Tracker) Kill() error { return nil }

@@ -83,6 +83,12 @@ func (tr *Tracker) run() {
 	}
 }
 
+// Sample records the tree's members now, besides the periodic samples: a
+// caller knows moments when the command has likely started what it keeps
+// (after its start-up, say), which a descendant that then leaves the group
+// and loses its parent might otherwise slip between.
+func (tr *Tracker) Sample() { tr.sample() }
+
 // sample records the tree's members and reaps those that were reparented
 // here and have exited, so that a long-lived command's orphans do not
 // pile up as zombies. Best effort: Kill scans again.

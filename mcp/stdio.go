@@ -190,16 +190,11 @@ func RunStdio(ctx context.Context, b Boundary, argv []string, in io.ReadCloser, 
 // namespace) among them.
 func serveStdio(ctx context.Context, b Boundary, cmd *exec.Cmd, up Upstream, in io.ReadCloser, out io.WriteCloser, opt Options, ready func()) (err error) {
 	p := New(b, opt)
-	connectErr := p.Connect(ctx, &sdk.CommandTransport{Command: cmd, TerminateDuration: 2 * time.Second}, up)
-	var tr *enforce.Tracker
-	if cmd.Process != nil {
-		var terr error
-		if tr, terr = enforce.Track(cmd.Process.Pid); terr != nil && connectErr == nil {
-			// Without the tracker the tree could outlive the proxy:
-			// refuse to serve (the group is still killed below).
-			connectErr = fmt.Errorf("mcp: follow the upstream's process tree: %w", terr)
-			p.Close()
-		}
+	t := &trackedCommand{CommandTransport: sdk.CommandTransport{Command: cmd, TerminateDuration: 2 * time.Second}}
+	connectErr := p.Connect(ctx, t, up)
+	tr := t.tracker
+	if tr != nil {
+		tr.Sample() // the upstream has started up: what it spawned is there
 	}
 	if connectErr == nil && ready != nil {
 		ready() // started: from now on the session bounds it
@@ -230,4 +225,25 @@ func serveStdio(ctx context.Context, b Boundary, cmd *exec.Cmd, up Upstream, in 
 		return fmt.Errorf("mcp: serve downstream: %w", err)
 	}
 	return nil
+}
+
+// trackedCommand is the go-sdk's command transport that starts following
+// the upstream's process tree (enforce.Track) as soon as the command has
+// started, before the MCP handshake. If it cannot, the connection fails:
+// without the tracker the tree could outlive the proxy.
+type trackedCommand struct {
+	sdk.CommandTransport
+	tracker *enforce.Tracker
+}
+
+func (t *trackedCommand) Connect(ctx context.Context) (sdk.Connection, error) {
+	conn, err := t.CommandTransport.Connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if t.tracker, err = enforce.Track(t.Command.Process.Pid); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("mcp: follow the upstream's process tree: %w", err)
+	}
+	return conn, nil
 }
