@@ -294,6 +294,10 @@ func TestBeginStart(t *testing.T) {
 	if strings.Join(types, ",") != "intent,decision,grant,start" || idx[3] != idx[0]+3 {
 		t.Fatalf("events %v at %v", types, idx)
 	}
+	// The index row, written in the same batch, says it is running.
+	if list, err := g.List(ctx, 1); err != nil || len(list) != 1 || list[0].ID != ex.ID || list[0].Outcome != "running" {
+		t.Fatalf("etb log after BeginStart: %+v %v; want %s running", list, err, ex.ID)
+	}
 	// The grant's jti is burnt: it cannot start again.
 	d, _ := ex.Action.Action.Digest()
 	if err := ex.AuthorizeStart(ctx, d, lineage.StartBody{}); !errors.Is(err, grant.ErrReplayed) {
