@@ -22,9 +22,15 @@ CREATE TABLE IF NOT EXISTS etb_executions(
 	kind TEXT NOT NULL, name TEXT NOT NULL, args TEXT NOT NULL,
 	decision TEXT NOT NULL DEFAULT '', rules TEXT NOT NULL DEFAULT '', outcome TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS etb_executions_time ON etb_executions(time);
--- The random end of an id (lineage.ShortID prints it): ResolveID finds
--- executions by it.
-CREATE INDEX IF NOT EXISTS etb_executions_tail ON etb_executions(substr(id, 21));
+-- The random end of an id (lineage.ShortID prints it) finds executions
+-- (ResolveID), through an index built lazily, off the decision path (see
+-- indexTails): etb_id_tails holds the tails of the executions up to rowid
+-- etb_id_tails_done.upto; the rest are a short rowid range to scan. An index
+-- on the tail in etb_executions itself put a random page in every commit,
+-- one per decision (docs/PERFORMANCE.md); homes made before lose it here.
+DROP INDEX IF EXISTS etb_executions_tail;
+CREATE TABLE IF NOT EXISTS etb_id_tails(tail TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY(tail, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS etb_id_tails_done(one INTEGER PRIMARY KEY CHECK(one = 1), upto INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS etb_events(
 	execution TEXT NOT NULL, seq INTEGER NOT NULL, idx INTEGER NOT NULL, type TEXT NOT NULL,
 	PRIMARY KEY(execution, seq));
@@ -150,13 +156,17 @@ func (g *Gateway) ResolveID(ctx context.Context, part string) (string, error) {
 	} else if n == 1 {
 		return part, nil
 	}
+	if len(part) <= 12 {
+		g.indexTails(ctx)
+	}
 	// Both lookups are range scans of an index: the primary key, and the
-	// index on the tail (substr(id, 21)). char(1114111), U+10FFFF, sorts
-	// after every character that can follow the part.
+	// tail index with the executions it does not cover yet (tailMatch).
+	// char(1114111), U+10FFFF, sorts after every character that can
+	// follow the part.
 	rows, err := g.db.QueryContext(ctx, `
 		SELECT id FROM etb_executions WHERE id >= ?1 AND id < ?1 || char(1114111)
 		UNION
-		SELECT id FROM etb_executions WHERE length(?1) <= 12 AND substr(id, 21) >= ?1 AND substr(id, 21) < ?1 || char(1114111)
+		SELECT id FROM (`+tailMatch+`) WHERE length(?1) <= 12
 		LIMIT 3`, part)
 	if err != nil {
 		return "", err
@@ -180,6 +190,72 @@ func (g *Gateway) ResolveID(ctx context.Context, part string) (string, error) {
 		return ids[0], nil
 	}
 	return "", fmt.Errorf("gateway: execution id %q is ambiguous: more than one execution's id begins or ends with it; give more of it", part)
+}
+
+// tailMatch selects the ids of the executions whose id's last 12
+// characters (lineage.ShortID) begin with ?1: those etb_id_tails covers,
+// by a range of its key, and those after its mark, by a range of rowids
+// (executions are inserted by one writer at a time, so rowids grow in
+// commit order and every row at or below the mark was indexed). NOT
+// INDEXED keeps the planner from scanning a covering index instead of
+// searching the rowid range.
+const tailMatch = `
+	SELECT id FROM etb_id_tails WHERE tail >= ?1 AND tail < ?1 || char(1114111)
+	UNION
+	SELECT id FROM etb_executions NOT INDEXED
+		WHERE rowid > (SELECT coalesce(max(upto), 0) FROM etb_id_tails_done)
+		AND substr(id, 21) >= ?1 AND substr(id, 21) < ?1 || char(1114111)`
+
+// tailChunk is how many executions one transaction of indexTails indexes:
+// it holds the write lock, which decisions wait for, a few milliseconds.
+const tailChunk = 2000
+
+// indexTails brings etb_id_tails up to the latest execution, in
+// transactions of tailChunk executions. The decision path never writes
+// it: a lookup by short id does, before it looks (ResolveID,
+// ResolveTask), so that the rows it scans stay few. It is best effort: a
+// home opened read-only, or busy, is looked up all the same (tailMatch
+// scans what is not indexed), only slower.
+func (g *Gateway) indexTails(ctx context.Context) {
+	for {
+		n, err := g.indexTailChunk(ctx)
+		if err != nil || n < tailChunk {
+			return
+		}
+	}
+}
+
+// indexTailChunk indexes the tails of up to tailChunk executions after the
+// mark, moves the mark past them and reports how many it indexed.
+func (g *Gateway) indexTailChunk(ctx context.Context) (int64, error) {
+	tx, err := g.db.BeginTx(ctx, nil) // BEGIN IMMEDIATE: the mark is read under the write lock
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback()
+	var upto int64
+	var hi sql.NullInt64
+	var n int64
+	if err := tx.QueryRowContext(ctx, `SELECT coalesce(max(upto), 0) FROM etb_id_tails_done`).Scan(&upto); err != nil {
+		return 0, err
+	}
+	if err := tx.QueryRowContext(ctx, `SELECT max(rowid), count(*) FROM (
+		SELECT rowid FROM etb_executions WHERE rowid > ? ORDER BY rowid LIMIT ?)`, upto, tailChunk).Scan(&hi, &n); err != nil {
+		return 0, err
+	}
+	if !hi.Valid {
+		return 0, nil
+	}
+	// Inserted in key order: each leaf of the index is written once per
+	// chunk, however many of the chunk's tails land in it.
+	if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO etb_id_tails(tail, id)
+		SELECT substr(id, 21), id FROM etb_executions WHERE rowid > ? AND rowid <= ? ORDER BY 1, 2`, upto, hi.Int64); err != nil {
+		return 0, err
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO etb_id_tails_done(one, upto) VALUES(1, ?)`, hi.Int64); err != nil {
+		return 0, err
+	}
+	return n, tx.Commit()
 }
 
 // Events returns an execution's events from the ledger in order, with

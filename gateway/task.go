@@ -401,11 +401,13 @@ func (g *Gateway) ResolveTask(ctx context.Context, part string) (id, root string
 	case !errors.Is(err, sql.ErrNoRows):
 		return "", "", err
 	}
+	if len(part) <= 12 {
+		g.indexTails(ctx)
+	}
 	rows, err := g.db.QueryContext(ctx, `
 		SELECT id, root FROM etb_tasks WHERE id >= ?1 AND id < ?1 || char(1114111)
 		UNION
-		SELECT id, root FROM etb_tasks WHERE length(?1) <= 12 AND id IN (
-			SELECT id FROM etb_executions WHERE substr(id, 21) >= ?1 AND substr(id, 21) < ?1 || char(1114111))
+		SELECT id, root FROM etb_tasks WHERE length(?1) <= 12 AND id IN (`+tailMatch+`)
 		LIMIT 3`, part)
 	if err != nil {
 		return "", "", err
