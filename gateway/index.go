@@ -195,8 +195,9 @@ func (g *Gateway) ResolveID(ctx context.Context, part string) (string, error) {
 // tailMatch selects the ids of the executions whose id's last 12
 // characters (lineage.ShortID) begin with ?1: those etb_id_tails covers,
 // by a range of its key, and those after its mark, by a range of rowids
-// (executions are inserted by one writer at a time, so rowids grow in
-// commit order and every row at or below the mark was indexed). NOT
+// (executions are inserted by one writer at a time and never deleted, so
+// a new row's rowid is above every committed one, and every row at or
+// below the mark was indexed). NOT
 // INDEXED keeps the planner from scanning a covering index instead of
 // searching the rowid range.
 const tailMatch = `
@@ -207,7 +208,7 @@ const tailMatch = `
 		AND substr(id, 21) >= ?1 AND substr(id, 21) < ?1 || char(1114111)`
 
 // tailChunk is how many executions one transaction of indexTails indexes:
-// it holds the write lock, which decisions wait for, a few milliseconds.
+// it holds the write lock, which decisions wait for, so it is kept short.
 const tailChunk = 2000
 
 // indexTails brings etb_id_tails up to the latest execution, in
