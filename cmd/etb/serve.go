@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -28,7 +29,7 @@ import (
 )
 
 func newServeCmd(g *globals) *cobra.Command {
-	var listen, socket, registrations, policyPath, logListen string
+	var listen, socket, registrations, policyPath, logListen, cpuProfile string
 	var lease time.Duration
 	c := &cobra.Command{
 		Use:   "serve",
@@ -61,6 +62,13 @@ never waits for them; publication retries and catches up.`,
 			ctx := cmd.Context()
 			if listen == "" && socket == "" {
 				listen = "127.0.0.1:8443"
+			}
+			if cpuProfile != "" {
+				stop, err := startCPUProfile(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer stop()
 			}
 			gw, err := g.open(ctx, policyPath)
 			if err != nil {
@@ -167,7 +175,24 @@ never waits for them; publication retries and catches up.`,
 	c.Flags().StringVar(&registrations, "registrations", "", "registration entries for socket callers (default registrations.yaml in the home)")
 	c.Flags().StringVar(&policyPath, "policy", "", "policy file (default: the home's policy.yaml)")
 	c.Flags().DurationVar(&lease, "lease", gateway.DefaultLeaseTTL, "lease lifetime of a running execution")
+	c.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the server to this file when it stops (for 'go tool pprof')")
 	return c
+}
+
+// startCPUProfile profiles the process into path until stop is called.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--cpuprofile %s: %w", path, err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
 
 func mustHome(g *globals) string {

@@ -277,3 +277,20 @@ rules:
 		t.Fatalf("a malformed scope: exit %d", r.code)
 	}
 }
+
+// serve --cpuprofile writes a gzipped pprof profile when the server stops;
+// a path it cannot create is refused before anything is served.
+func TestServeCPUProfile(t *testing.T) {
+	home, dir := t.TempDir(), t.TempDir()
+	prof := filepath.Join(dir, "serve.prof")
+	gw := startServe(t, home, etbtest.FreeAddr(t), "--cpuprofile", prof)
+	gw.Stop(t)
+	b, err := os.ReadFile(prof)
+	if err != nil || len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b {
+		t.Fatalf("profile %s: %d bytes, %v; want a gzipped pprof profile", prof, len(b), err)
+	}
+	r := etb(t, home, "serve", "--listen", etbtest.FreeAddr(t), "--cpuprofile", filepath.Join(dir, "no-such-dir", "p"))
+	if r.code == 0 || !strings.Contains(r.stderr, "--cpuprofile") {
+		t.Fatalf("serve with an uncreatable profile path: exit %d, %s", r.code, r.stderr)
+	}
+}

@@ -1,15 +1,15 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
-	"log"
-	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -21,53 +21,93 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
-// etbServer is an in-process `etb serve`: the gateway service over HTTPS
-// with mTLS on 127.0.0.1, and one SDK client per benchmark client.
+// etbServer is a running `etb serve` child process (the etb binary built
+// from this repository) serving HTTPS with mTLS on 127.0.0.1, and one SDK
+// client per benchmark client.
 type etbServer struct {
-	g       *gateway.Gateway
-	srv     *http.Server
+	cmd     *exec.Cmd
+	exited  chan error
+	stderr  bytes.Buffer
 	url     string
 	clients []*client.Client
 	tls     *tls.Config // the first client's
 }
 
-// startEtb opens a gateway on a new home under dir, serves it and creates
-// n clients, each with its own agent SVID.
-func startEtb(ctx context.Context, dir string, n int) (_ *etbServer, err error) {
-	g, err := gateway.Open(ctx, filepath.Join(dir, "home"), gateway.Options{})
+// ensureEtb builds the etb command of the module this benchmark replaces
+// github.com/etbproject/etb with (the enclosing repository) into dir and
+// returns the binary's path. go's output goes to log.
+func ensureEtb(ctx context.Context, dir string, log io.Writer) (string, error) {
+	list := exec.CommandContext(ctx, "go", "list", "-m", "-f", "{{.Dir}}", "github.com/etbproject/etb")
+	list.Stderr = log
+	out, err := list.Output()
+	if err != nil {
+		return "", fmt.Errorf("etb: find the module's directory: %w", err)
+	}
+	root := strings.TrimSpace(string(out))
+	bin := filepath.Join(dir, "etb")
+	fmt.Fprintf(log, "gatewaybench: building %s/cmd/etb into %s...\n", root, bin)
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/etb")
+	build.Dir = root
+	build.Stdout, build.Stderr = log, log
+	if err := build.Run(); err != nil {
+		return "", fmt.Errorf("etb: go build ./cmd/etb in %s: %w (or pass -etb PATH)", root, err)
+	}
+	return bin, nil
+}
+
+// startEtb creates a home under dir (its CA issues n agent SVIDs), runs
+// `etb serve` from bin on it, waits until /healthz answers (up to 30 s) and
+// creates n clients, each with its own SVID. With profile set, the server
+// writes a CPU profile there when it stops.
+func startEtb(ctx context.Context, bin, dir string, n int, profile string, verbose io.Writer) (_ *etbServer, err error) {
+	if bin == "" {
+		return nil, errors.New("etb: no binary (-etb)")
+	}
+	home := filepath.Join(dir, "home")
+	// The home and its CA are made here, as `etb identity issue` would;
+	// the gateway is closed before serve opens the same home.
+	g, err := gateway.Open(ctx, home, gateway.Options{})
 	if err != nil {
 		return nil, err
 	}
-	e := &etbServer{g: g}
+	ca, _, _, err := g.IssueServerSVID()
+	issuer := g.Config().Issuer
+	if cerr := g.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, err
+	}
+	server, err := spiffeid.FromString(issuer)
+	if err != nil {
+		return nil, fmt.Errorf("gateway issuer %q: %w", issuer, err)
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	e := &etbServer{url: "https://" + addr, exited: make(chan error, 1)}
 	defer func() {
 		if err != nil {
 			e.close()
 		}
 	}()
-	ca, cert, key, err := g.IssueServerSVID()
-	if err != nil {
-		return nil, err
+	args := []string{"--home", home, "serve", "--listen", addr}
+	if profile != "" {
+		args = append(args, "--cpuprofile", profile)
 	}
-	svc, err := gateway.NewService(ctx, g, gateway.ServiceOptions{Bundle: ca.Bundle()})
-	if err != nil {
-		return nil, err
+	e.cmd = exec.Command(bin, args...)
+	e.cmd.Stdout = verbose
+	e.cmd.Stderr = &e.stderr
+	if verbose != io.Discard {
+		e.cmd.Stderr = io.MultiWriter(&e.stderr, verbose)
 	}
-	cfg, err := svc.TLSConfig(cert, key)
-	if err != nil {
-		return nil, err
+	if err := e.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("etb: start %s: %w", bin, err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	e.srv = &http.Server{Handler: svc, ErrorLog: log.New(io.Discard, "", 0), ReadHeaderTimeout: 10 * time.Second}
-	go e.srv.Serve(tls.NewListener(ln, cfg))
-	e.url = "https://" + ln.Addr().String()
+	go func() { e.exited <- e.cmd.Wait() }()
 
-	server, err := spiffeid.FromString(g.Config().Issuer)
-	if err != nil {
-		return nil, fmt.Errorf("gateway issuer %q: %w", g.Config().Issuer, err)
-	}
 	authorizeServer := func(id spiffeid.ID) error {
 		if id != server {
 			return fmt.Errorf("server is %s, want %s", id, server)
@@ -100,15 +140,37 @@ func startEtb(ctx context.Context, dir string, n int) (_ *etbServer, err error) 
 			e.tls = tlsCfg
 		}
 	}
-	return e, nil
+	hc := &http.Client{Timeout: time.Second, Transport: &http.Transport{TLSClientConfig: e.tls}}
+	defer hc.CloseIdleConnections()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		select {
+		case err := <-e.exited:
+			e.exited <- err
+			return nil, fmt.Errorf("etb: serve exited before it was ready: %v: %s", err, strings.TrimSpace(e.stderr.String()))
+		default:
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("etb: serve at %s not healthy after 30s: %s", addr, strings.TrimSpace(e.stderr.String()))
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.url+"/healthz", nil)
+		if err != nil {
+			return nil, err
+		}
+		if resp, err := hc.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return e, nil
+			}
+		}
+	}
 }
 
 // protocol reports the TLS version and application protocol the server
-// negotiates with a client offering what client.New's transport offers
-// (h2 and http/1.1).
+// negotiates with a client offering what the SDK offers for its calls
+// (client.New sends calls over HTTP/1.1; only watch streams use HTTP/2).
 func (e *etbServer) protocol(ctx context.Context) (string, error) {
 	cfg := e.tls.Clone()
-	cfg.NextProtos = []string{"h2", "http/1.1"}
+	cfg.NextProtos = []string{"http/1.1"}
 	d := tls.Dialer{Config: cfg}
 	conn, err := d.DialContext(ctx, "tcp", strings.TrimPrefix(e.url, "https://"))
 	if err != nil {
@@ -123,15 +185,27 @@ func (e *etbServer) protocol(ctx context.Context) (string, error) {
 	return tls.VersionName(st.Version) + ", " + proto, nil
 }
 
+// close closes the clients and stops the server: an interrupt, so that it
+// closes its ledger (and writes its profile), then a kill after 10 s.
 func (e *etbServer) close() error {
 	var errs []error
 	for _, c := range e.clients {
 		errs = append(errs, c.Close())
 	}
-	if e.srv != nil {
-		errs = append(errs, e.srv.Close())
+	if e.cmd == nil || e.cmd.Process == nil {
+		return errors.Join(errs...)
 	}
-	errs = append(errs, e.g.Close())
+	e.cmd.Process.Signal(os.Interrupt)
+	select {
+	case err := <-e.exited:
+		if err != nil {
+			errs = append(errs, fmt.Errorf("etb serve: %w: %s", err, strings.TrimSpace(e.stderr.String())))
+		}
+	case <-time.After(10 * time.Second):
+		e.cmd.Process.Kill()
+		<-e.exited
+		errs = append(errs, errors.New("etb serve did not stop within 10s of an interrupt"))
+	}
 	return errors.Join(errs...)
 }
 
@@ -157,7 +231,15 @@ func runEtb(ctx context.Context, c *config) (*Result, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	e, err := startEtb(ctx, dir, c.Clients)
+	profile := ""
+	if c.CPUProfile != "" {
+		profile = c.CPUProfile + ".etb-serve"
+	}
+	var verbose io.Writer = io.Discard
+	if c.Verbose {
+		verbose = os.Stderr
+	}
+	e, err := startEtb(ctx, c.Etb, dir, c.Clients, profile, verbose)
 	if err != nil {
 		return nil, err
 	}
@@ -193,7 +275,7 @@ func runEtb(ctx context.Context, c *config) (*Result, error) {
 		return nil, fmt.Errorf("probe the negotiated protocol: %w", err)
 	}
 	r.System, r.Outcomes = "etb", seen
-	r.Detail = fmt.Sprintf("gateway service over HTTPS with mTLS (%s, one connection per client), policy %s; each decision: Ed25519-signed grant and lease if permitted, intent and decision events durable in the SQLite ledger and indexed",
+	r.Detail = fmt.Sprintf("`etb serve` (this repository's, its own process) over HTTPS with mTLS (%s, one connection per client), policy %s; each decision: Ed25519-signed grant and lease if permitted, intent and decision events durable in the SQLite ledger and indexed",
 		proto, policy.Engine)
 	return r, nil
 }

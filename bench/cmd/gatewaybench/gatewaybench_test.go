@@ -5,6 +5,8 @@ import (
 	"context"
 	"flag"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -23,7 +25,7 @@ func testConfig(t *testing.T) *config {
 
 func TestConfigArgsRoundTrip(t *testing.T) {
 	c := testConfig(t)
-	c.Clients, c.Duration, c.Systems, c.OPA, c.Verbose, c.CPUProfile = 3, 1500*time.Millisecond, "opa", "/x/opa", true, "/x/prof"
+	c.Clients, c.Duration, c.Systems, c.OPA, c.Etb, c.Verbose, c.CPUProfile = 3, 1500*time.Millisecond, "opa", "/x/opa", "/x/etb", true, "/x/prof"
 	var back config
 	fs := flag.NewFlagSet("child", flag.ContinueOnError)
 	back.flags(fs)
@@ -146,12 +148,12 @@ func TestAgreeRefusesMismatch(t *testing.T) {
 	}
 }
 
-// TestBothSystems runs etb's gateway service and OPA's server for about a
-// second each, in-process as a child would, and checks that both answered,
-// agree on every input, and that the table prints.
+// TestBothSystems runs `etb serve` (built from this repository) and OPA's
+// server for about a second each, as a child would, and checks that both
+// answered, agree on every input, and that the table prints.
 func TestBothSystems(t *testing.T) {
 	if testing.Short() {
-		t.Skip("starts etb's service and an OPA server (building opa once)")
+		t.Skip("builds and starts etb serve and an OPA server (building opa once)")
 	}
 	ctx := context.Background()
 	c := testConfig(t)
@@ -162,6 +164,9 @@ func TestBothSystems(t *testing.T) {
 		t.Fatalf("%v\n%s", err, log.String())
 	}
 	c.OPA = bin
+	if c.Etb, err = ensureEtb(ctx, t.TempDir(), &log); err != nil {
+		t.Fatalf("%v\n%s", err, log.String())
+	}
 	var results []*Result
 	for _, s := range []string{"etb", "opa"} {
 		r, err := runners[s](ctx, c)
@@ -192,6 +197,25 @@ func TestBothSystems(t *testing.T) {
 		t.Errorf("table lacks the ratio or an input:\n%s", out.String())
 	}
 	t.Logf("\n%s", out.String())
+}
+
+// TestEtbServeFailureIsReported: a server that exits before it is ready
+// fails the run with its exit and standard error, and one that never
+// answers is not waited for beyond what the context allows.
+func TestEtbServeFailureIsReported(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	script := filepath.Join(dir, "fake-etb")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\necho 'no such home' >&2\nexit 3\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, err := startEtb(ctx, script, dir, 2, "", io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "exited before it was ready") || !strings.Contains(err.Error(), "no such home") {
+		t.Fatalf("startEtb with a server that exits = %v; want its exit and stderr", err)
+	}
+	if _, err := startEtb(ctx, "", dir, 2, "", io.Discard); err == nil {
+		t.Fatal("startEtb without a binary succeeded")
+	}
 }
 
 // TestOPADisagreementIsCaught runs a real OPA server whose policy permits

@@ -4,13 +4,14 @@
 //
 //	go run ./cmd/gatewaybench -clients 64 -duration 20s
 //
-// Each system runs in its own child process, one after the other, so that
-// they do not share the cores:
+// Each system's clients run in their own child process, one system after
+// the other, so that they do not share the cores; each server is a process
+// of its own, as in production:
 //
-//   - etb: gateway.Open on a temporary home, gateway.NewService served over
-//     HTTPS with mTLS (Service.TLSConfig, the server SVID of
-//     Gateway.IssueServerSVID) on 127.0.0.1. Each client has its own agent
-//     X.509-SVID issued by the gateway's CA and its own connection, and calls
+//   - etb: `etb serve --listen 127.0.0.1:PORT` in its own process, the etb
+//     binary built from this repository with `go build ./cmd/etb` (or given
+//     by -etb), on a temporary home whose CA issues every client its own
+//     agent X.509-SVID. Each client has its own connection (mTLS) and calls
 //     client.Decide in a loop. Every call is a policy decision, a signed
 //     grant when permitted, and the intent and decision events appended
 //     durably to the ledger and indexed.
@@ -56,6 +57,7 @@ type config struct {
 	Duration time.Duration
 	Systems  string
 	OPA      string // path of the opa binary
+	Etb      string // path of the etb binary
 	Verbose  bool
 	// CPUProfile, if set, is where each child writes a CPU profile of its
 	// run, plus ".<system>".
@@ -67,8 +69,9 @@ func (c *config) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Duration, "duration", 20*time.Second, "timed duration per system")
 	fs.StringVar(&c.Systems, "systems", "etb,opa", "comma-separated systems to run, in order: etb, opa")
 	fs.StringVar(&c.OPA, "opa", "", "path of the opa binary (default: built with go install into the user cache directory)")
+	fs.StringVar(&c.Etb, "etb", "", "path of the etb binary (default: built from this repository into a temporary directory)")
 	fs.BoolVar(&c.Verbose, "v", false, "show the children's logs")
-	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of each system's child process to this path plus \".<system>\" (etb's includes its clients; OPA's server is another process)")
+	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of each system's child process (its clients) to this path plus \".<system>\", and etb serve's to this path plus \".etb-serve\" (OPA's server is not profiled)")
 }
 
 // args renders c as the flags that parse back to it.
@@ -78,6 +81,7 @@ func (c *config) args() []string {
 		fmt.Sprintf("-duration=%s", c.Duration),
 		fmt.Sprintf("-systems=%s", c.Systems),
 		fmt.Sprintf("-opa=%s", c.OPA),
+		fmt.Sprintf("-etb=%s", c.Etb),
 		fmt.Sprintf("-v=%t", c.Verbose),
 		fmt.Sprintf("-cpuprofile=%s", c.CPUProfile),
 	}
@@ -142,6 +146,18 @@ func runParent(ctx context.Context, c *config, out io.Writer) error {
 			return err
 		}
 		c.OPA = path
+	}
+	if c.Etb == "" && slices.Contains(strings.Split(c.Systems, ","), "etb") {
+		dir, err := os.MkdirTemp("", "gatewaybench-bin-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		path, err := ensureEtb(ctx, dir, os.Stderr)
+		if err != nil {
+			return err
+		}
+		c.Etb = path
 	}
 	results, err := sidebyside.Each[Result](ctx, "gatewaybench", c.Systems, c.args(), c.Verbose)
 	if err != nil {
