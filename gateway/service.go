@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
@@ -87,8 +88,10 @@ type Service struct {
 }
 
 type verifiedCert struct {
-	id       spiffeid.ID
-	notAfter time.Time
+	id        spiffeid.ID
+	principal action.Principal
+	holder    string // Thumbprint of the leaf
+	notAfter  time.Time
 }
 
 // NewService returns the API of g. It creates the revocation table in the
@@ -220,19 +223,11 @@ func (s *Service) caller(r *http.Request) (*caller, error) {
 		if len(r.TLS.PeerCertificates) == 0 {
 			return nil, errors.New("the TLS client presented no certificate")
 		}
-		leaf := r.TLS.PeerCertificates[0]
-		id, err := s.verifyCert(r.TLS.PeerCertificates)
+		vc, err := s.verifyCert(*r.TLS)
 		if err != nil {
 			return nil, err
 		}
-		p, err := identity.PrincipalFromTLS(*r.TLS)
-		if err != nil {
-			return nil, err
-		}
-		if p.ID != id.String() {
-			return nil, fmt.Errorf("certificate names %s, verified %s", p.ID, id)
-		}
-		return &caller{principal: p, id: id, class: s.classes.ClassOf(id), holder: Thumbprint(leaf)}, nil
+		return &caller{principal: vc.principal, id: vc.id, class: s.classes.ClassOf(vc.id), holder: vc.holder}, nil
 	}
 	p, ok := identity.PrincipalFrom(r.Context())
 	if !ok {
@@ -245,27 +240,37 @@ func (s *Service) caller(r *http.Request) (*caller, error) {
 	return &caller{principal: p, id: id, class: s.classes.ClassOf(id)}, nil
 }
 
-// verifyCert verifies a TLS peer's chain against the bundle, caching the
-// result per leaf until the leaf expires.
-func (s *Service) verifyCert(chain []*x509.Certificate) (spiffeid.ID, error) {
+// verifyCert verifies a TLS peer's chain against the bundle and works out
+// its principal and thumbprint, caching the result per leaf (by the SHA-256
+// of its DER, which is also its thumbprint) until the leaf expires.
+func (s *Service) verifyCert(state tls.ConnectionState) (verifiedCert, error) {
 	if s.opt.Bundle == nil {
-		return spiffeid.ID{}, errors.New("this service has no trust bundle for TLS callers")
+		return verifiedCert{}, errors.New("this service has no trust bundle for TLS callers")
 	}
+	chain := state.PeerCertificates
 	key := sha256.Sum256(chain[0].Raw)
 	now := s.now()
 	if v, ok := s.certs.Load(key); ok {
 		vc := v.(verifiedCert)
 		if now.Before(vc.notAfter) {
-			return vc.id, nil
+			return vc, nil
 		}
 		s.certs.Delete(key)
 	}
 	id, _, err := x509svid.Verify(chain, s.opt.Bundle)
 	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("client certificate (serial %s) is not a valid X.509-SVID: %w", chain[0].SerialNumber, err)
+		return verifiedCert{}, fmt.Errorf("client certificate (serial %s) is not a valid X.509-SVID: %w", chain[0].SerialNumber, err)
 	}
-	s.certs.Store(key, verifiedCert{id: id, notAfter: chain[0].NotAfter})
-	return id, nil
+	p, err := identity.PrincipalFromTLS(state)
+	if err != nil {
+		return verifiedCert{}, err
+	}
+	if p.ID != id.String() {
+		return verifiedCert{}, fmt.Errorf("certificate names %s, verified %s", p.ID, id)
+	}
+	vc := verifiedCert{id: id, principal: p, holder: base64.RawURLEncoding.EncodeToString(key[:]), notAfter: chain[0].NotAfter}
+	s.certs.Store(key, vc)
+	return vc, nil
 }
 
 // Thumbprint is the x5t#S256 of a certificate: the unpadded base64url
