@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -25,9 +24,7 @@ import (
 // from this repository) serving HTTPS with mTLS on 127.0.0.1, and one SDK
 // client per benchmark client.
 type etbServer struct {
-	cmd     *exec.Cmd
-	exited  chan error
-	stderr  bytes.Buffer
+	proc    *serverProc // nil until it is ready
 	url     string
 	clients []*client.Client
 	tls     *tls.Config // the first client's
@@ -87,26 +84,12 @@ func startEtb(ctx context.Context, bin, dir string, n int, profile string, verbo
 		return nil, err
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	e := &etbServer{url: "https://" + addr, exited: make(chan error, 1)}
+	e := &etbServer{url: "https://" + addr}
 	defer func() {
 		if err != nil {
 			e.close()
 		}
 	}()
-	args := []string{"--home", home, "serve", "--listen", addr}
-	if profile != "" {
-		args = append(args, "--cpuprofile", profile)
-	}
-	e.cmd = exec.Command(bin, args...)
-	e.cmd.Stdout = verbose
-	e.cmd.Stderr = &e.stderr
-	if verbose != io.Discard {
-		e.cmd.Stderr = io.MultiWriter(&e.stderr, verbose)
-	}
-	if err := e.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("etb: start %s: %w", bin, err)
-	}
-	go func() { e.exited <- e.cmd.Wait() }()
 
 	authorizeServer := func(id spiffeid.ID) error {
 		if id != server {
@@ -140,29 +123,16 @@ func startEtb(ctx context.Context, bin, dir string, n int, profile string, verbo
 			e.tls = tlsCfg
 		}
 	}
+	args := []string{"--home", home, "serve", "--listen", addr}
+	if profile != "" {
+		args = append(args, "--cpuprofile", profile)
+	}
 	hc := &http.Client{Timeout: time.Second, Transport: &http.Transport{TLSClientConfig: e.tls}}
 	defer hc.CloseIdleConnections()
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		select {
-		case err := <-e.exited:
-			e.exited <- err
-			return nil, fmt.Errorf("etb: serve exited before it was ready: %v: %s", err, strings.TrimSpace(e.stderr.String()))
-		default:
-		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("etb: serve at %s not healthy after 30s: %s", addr, strings.TrimSpace(e.stderr.String()))
-		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.url+"/healthz", nil)
-		if err != nil {
-			return nil, err
-		}
-		if resp, err := hc.Do(req); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return e, nil
-			}
-		}
+	if e.proc, err = startServer(ctx, "etb", exec.Command(bin, args...), verbose, hc, e.url+"/healthz"); err != nil {
+		return nil, err
 	}
+	return e, nil
 }
 
 // protocol reports the TLS version and application protocol the server
@@ -192,19 +162,8 @@ func (e *etbServer) close() error {
 	for _, c := range e.clients {
 		errs = append(errs, c.Close())
 	}
-	if e.cmd == nil || e.cmd.Process == nil {
-		return errors.Join(errs...)
-	}
-	e.cmd.Process.Signal(os.Interrupt)
-	select {
-	case err := <-e.exited:
-		if err != nil {
-			errs = append(errs, fmt.Errorf("etb serve: %w: %s", err, strings.TrimSpace(e.stderr.String())))
-		}
-	case <-time.After(10 * time.Second):
-		e.cmd.Process.Kill()
-		<-e.exited
-		errs = append(errs, errors.New("etb serve did not stop within 10s of an interrupt"))
+	if e.proc != nil {
+		errs = append(errs, e.proc.stop(10*time.Second))
 	}
 	return errors.Join(errs...)
 }

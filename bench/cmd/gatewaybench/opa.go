@@ -8,12 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/etbproject/etb/action"
@@ -72,20 +70,8 @@ func ensureOPA(ctx context.Context, log io.Writer) (string, error) {
 
 // opaServer is a running `opa run --server` child process.
 type opaServer struct {
-	cmd    *exec.Cmd
-	url    string
-	exited chan error
-	stderr bytes.Buffer
-}
-
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	*serverProc
+	url string
 }
 
 // startOPA runs bin as an OPA server on 127.0.0.1 with the Rego module rego
@@ -103,48 +89,16 @@ func startOPA(ctx context.Context, bin, dir, rego string, verbose io.Writer) (*o
 		return nil, err
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	s := &opaServer{url: "http://" + addr, exited: make(chan error, 1)}
-	s.cmd = exec.Command(bin, "run", "--server", "--addr", addr, "--log-level", "error", "--skip-version-check", pol)
-	s.cmd.Stdout = verbose
-	s.cmd.Stderr = &s.stderr
-	if verbose != io.Discard {
-		s.cmd.Stderr = io.MultiWriter(&s.stderr, verbose)
+	cmd := exec.Command(bin, "run", "--server", "--addr", addr, "--log-level", "error", "--skip-version-check", pol)
+	p, err := startServer(ctx, "opa", cmd, verbose, &http.Client{Timeout: time.Second}, "http://"+addr+"/health")
+	if err != nil {
+		return nil, err
 	}
-	if err := s.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("opa: start %s: %w", bin, err)
-	}
-	go func() { s.exited <- s.cmd.Wait() }()
-	hc := &http.Client{Timeout: time.Second}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		select {
-		case err := <-s.exited:
-			s.exited <- err
-			return nil, fmt.Errorf("opa: server exited before it was ready: %v: %s", err, strings.TrimSpace(s.stderr.String()))
-		default:
-		}
-		if time.Now().After(deadline) {
-			s.close()
-			return nil, fmt.Errorf("opa: server at %s not healthy after 30s: %s", addr, strings.TrimSpace(s.stderr.String()))
-		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url+"/health", nil)
-		if err != nil {
-			s.close()
-			return nil, err
-		}
-		if resp, err := hc.Do(req); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return s, nil
-			}
-		}
-	}
+	return &opaServer{serverProc: p, url: "http://" + addr}, nil
 }
 
 // close kills the server process (which this benchmark started) and reaps it.
-func (s *opaServer) close() {
-	s.cmd.Process.Kill()
-	<-s.exited
-}
+func (s *opaServer) close() { s.stop(0) }
 
 // opaClient is one benchmark client of the OPA server: its own keep-alive
 // connection, and its principal.
