@@ -300,8 +300,12 @@ func (p *Proxy) clientOptions() *sdk.ClientOptions {
 			if r != nil {
 				// The forwarded request's context: over streamable
 				// HTTP it ties the notification to the client's
-				// request, whose event stream carries it.
-				if err := r.ss.NotifyProgress(r.ctx, req.Params); err != nil {
+				// request, whose event stream carries it. Without its
+				// cancellation: a notification the go-sdk delivers
+				// just after the result (see routeProgress) comes
+				// once that request has ended, and is passed on all
+				// the same.
+				if err := r.ss.NotifyProgress(context.WithoutCancel(r.ctx), req.Params); err != nil {
 					p.opt.Log("pass progress downstream: %v", err)
 				}
 			}
