@@ -181,6 +181,16 @@ func inProcessWith(t testing.TB, policySrc string, copt *sdk.ClientOptions) (p *
 			return &sdk.CallToolResult{Content: []sdk.Content{&sdk.TextContent{Text: "counted"}}}, nil
 		})
 	up.AddTool(&sdk.Tool{Name: "progress", InputSchema: map[string]any{"type": "object"}}, progressTool(2, 0, "done"))
+	up.AddTool(&sdk.Tool{Name: "late", InputSchema: map[string]any{"type": "object"}},
+		func(_ context.Context, req *sdk.CallToolRequest) (*sdk.CallToolResult, error) {
+			// Progress sent once the result is on its way: it reaches the
+			// proxy after the call has ended downstream.
+			ss, tok := req.Session, req.Params.GetProgressToken()
+			time.AfterFunc(100*time.Millisecond, func() {
+				ss.NotifyProgress(context.Background(), &sdk.ProgressNotificationParams{ProgressToken: tok, Progress: 1, Total: 1})
+			})
+			return &sdk.CallToolResult{Content: []sdk.Content{&sdk.TextContent{Text: "late"}}}, nil
+		})
 	up.AddTool(&sdk.Tool{Name: "slow", InputSchema: map[string]any{"type": "object"}}, progressTool(3, 150*time.Millisecond, "slow done"))
 	up.AddTool(&sdk.Tool{Name: "block", InputSchema: map[string]any{"type": "object"}},
 		func(ctx context.Context, _ *sdk.CallToolRequest) (*sdk.CallToolResult, error) {
@@ -533,11 +543,11 @@ func TestHideDenied(t *testing.T) {
 		}
 		return names
 	}
-	if got := strings.Join(list(), ","); got != "ask,block,count,progress,slow" {
+	if got := strings.Join(list(), ","); got != "ask,block,count,late,progress,slow" {
 		t.Fatalf("tools without hiding: %s", got)
 	}
 	p.opt.MayPermit = p.b.(embedded).gw.Policy().MayPermit
-	p.server.RemoveTools("ask", "block", "count", "progress", "slow")
+	p.server.RemoveTools("ask", "block", "count", "late", "progress", "slow")
 	p.mu.Lock()
 	p.pins, p.current, p.mirrored = map[string]string{}, map[string]*sdk.Tool{}, map[string]bool{}
 	p.mu.Unlock()
@@ -577,6 +587,37 @@ rules:
 		case <-time.After(5 * time.Second):
 			t.Fatalf("progress %v never arrived downstream", want)
 		}
+	}
+}
+
+// A progress notification that reaches the proxy after the call's result
+// (within the route's grace second) is still passed downstream, though
+// the downstream request has ended.
+func TestLateProgressPassesThrough(t *testing.T) {
+	got := make(chan float64, 1)
+	copt := &sdk.ClientOptions{ProgressNotificationHandler: func(_ context.Context, req *sdk.ProgressNotificationClientRequest) {
+		if req.Params.ProgressToken == "tok-late" {
+			got <- req.Params.Progress
+		}
+	}}
+	_, _, cs, _ := inProcessWith(t, `version: etb.policy/v1
+name: t
+rules:
+  - id: allow-late
+    effect: permit
+    match: {kind: mcp.tool_call, name: counter/late}
+`, copt)
+	res, err := cs.CallTool(context.Background(), &sdk.CallToolParams{Name: "late", Meta: sdk.Meta{"progressToken": "tok-late"}})
+	if err != nil || res.IsError {
+		t.Fatalf("call: %v %+v", err, res)
+	}
+	select {
+	case p := <-got:
+		if p != 1 {
+			t.Errorf("progress %v, want 1", p)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("progress sent after the result never arrived downstream")
 	}
 }
 
