@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -74,6 +75,11 @@ rules:
 	}
 	init := post(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"` + version + `","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}`)
 	session = init.Header.Get("Mcp-Session-Id")
+	// Read the answer to its end, as a client does: a stream dropped
+	// before the initialize result is written ends the session.
+	if b, err := io.ReadAll(init.Body); err != nil || !strings.Contains(string(b), `"result"`) {
+		t.Fatalf("initialize answered %q, %v", b, err)
+	}
 	init.Body.Close()
 	if session == "" {
 		t.Fatal("no Mcp-Session-Id")
@@ -108,14 +114,23 @@ rules:
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
-	req.Header.Set("Accept", "text/event-stream")
-	req.Header.Set("Mcp-Session-Id", session)
-	req.Header.Set("Mcp-Protocol-Version", version)
-	req.Header.Set("Last-Event-ID", first.id)
-	resume, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
+	// Until the server has seen the broken stream go, it refuses a second
+	// connection to it (409): a client tries again, as here for up to 5 s.
+	var resume *http.Response
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
+		req.Header.Set("Accept", "text/event-stream")
+		req.Header.Set("Mcp-Session-Id", session)
+		req.Header.Set("Mcp-Protocol-Version", version)
+		req.Header.Set("Last-Event-ID", first.id)
+		var err error
+		if resume, err = http.DefaultClient.Do(req); err != nil {
+			t.Fatal(err)
+		}
+		if resume.StatusCode != http.StatusConflict || time.Now().After(deadline) {
+			break
+		}
+		resume.Body.Close()
 	}
 	defer resume.Body.Close()
 	if resume.StatusCode != http.StatusOK {
