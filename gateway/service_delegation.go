@@ -120,8 +120,7 @@ func (s *Service) taskFor(w http.ResponseWriter, r *http.Request, c *caller) (id
 	}
 	if c.class == identity.ClassAgent {
 		var n int
-		err := s.g.db.QueryRowContext(r.Context(), `SELECT COUNT(*) FROM etb_executions x JOIN etb_tasks t ON x.task = t.id
-			WHERE t.root = ? AND x.agent = ?`, root, c.principal.ID).Scan(&n)
+		err := s.g.db.QueryRowContext(r.Context(), agentInTree, root, c.principal.ID).Scan(&n)
 		if err != nil || n == 0 {
 			writeError(w, http.StatusForbidden, "forbidden", fmt.Errorf("%s acts in no task of tree %s", c.principal.ID, root))
 			return "", "", false

@@ -46,8 +46,18 @@ CREATE TABLE IF NOT EXISTS etb_tasks(
 	recent TEXT NOT NULL,         -- JSON list of action.Recent, oldest first
 	delegation TEXT NOT NULL,     -- jti of the delegation the task belongs to ('' if none), inherited by child tasks
 	created TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS etb_tasks_parent ON etb_tasks(parent);
-CREATE INDEX IF NOT EXISTS etb_tasks_root ON etb_tasks(root);
+-- Most tasks are roots made for one action (the task of an execution that
+-- names none has the execution's id). Every index row costs a page in the
+-- commit of the decision that makes the task (docs/PERFORMANCE.md), so the
+-- indexes leave such tasks out: a task's children are found by the partial
+-- index on parent (a query must say parent != '' to use it); a task's
+-- executions are the one whose id is the task's, found by primary key, and
+-- those in etb_executions_task (task != id); a tree is walked from its root
+-- through the children. Homes made before lose the full indexes here.
+DROP INDEX IF EXISTS etb_tasks_parent;
+DROP INDEX IF EXISTS etb_tasks_root;
+CREATE INDEX IF NOT EXISTS etb_tasks_children ON etb_tasks(parent) WHERE parent != '';
+CREATE INDEX IF NOT EXISTS etb_executions_task ON etb_executions(task) WHERE task != id;
 CREATE TABLE IF NOT EXISTS etb_task_labels(task TEXT NOT NULL, label TEXT NOT NULL, execution TEXT NOT NULL,
 	PRIMARY KEY(task, label));
 CREATE TABLE IF NOT EXISTS etb_limit_usage(slot TEXT NOT NULL, execution TEXT NOT NULL, cost REAL NOT NULL,
@@ -448,15 +458,18 @@ func scanTaskRoots(rows *sql.Rows) (ids, roots []string, err error) {
 	return ids, roots, rows.Err()
 }
 
+// taskTreeQuery selects task ?1 and every task below it, with its parent.
+const taskTreeQuery = `WITH RECURSIVE t(id, parent) AS (
+	SELECT id, parent FROM etb_tasks WHERE id = ?1
+	UNION SELECT c.id, c.parent FROM t CROSS JOIN etb_tasks c ON c.parent = t.id AND c.parent != '')
+	SELECT id, parent FROM t`
+
 // TaskTree returns the tree of tasks under task (inclusive), each with its
 // executions in time order.
 func (g *Gateway) TaskTree(ctx context.Context, task string) (*TaskNode, error) {
 	nodes := map[string]*TaskNode{}
 	var order []string
-	rows, err := g.db.QueryContext(ctx, `WITH RECURSIVE t(id, parent) AS (
-		SELECT id, parent FROM etb_tasks WHERE id = ?
-		UNION SELECT c.id, c.parent FROM etb_tasks c JOIN t ON c.parent = t.id)
-		SELECT id, parent FROM t`, task)
+	rows, err := g.db.QueryContext(ctx, taskTreeQuery, task)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: task tree of %s: %w", task, err)
 	}
@@ -506,9 +519,18 @@ func firstTime(n *TaskNode) string {
 	return n.Executions[0].Time
 }
 
+// taskExecutionsQuery selects the executions of task ?1 in time order: its
+// own (id = task) by primary key, the rest through etb_executions_task.
+const taskExecutionsQuery = `
+	SELECT id, time, agent, kind, name, args, decision, rules, outcome, task
+		FROM etb_executions WHERE id = ?1 AND task = ?1
+	UNION ALL
+	SELECT id, time, agent, kind, name, args, decision, rules, outcome, task
+		FROM etb_executions INDEXED BY etb_executions_task WHERE task = ?1 AND task != id
+	ORDER BY time, id`
+
 func (g *Gateway) taskExecutions(ctx context.Context, task string) ([]TaskExecution, error) {
-	rows, err := g.db.QueryContext(ctx, `SELECT id, time, agent, kind, name, args, decision, rules, outcome, task
-		FROM etb_executions WHERE task = ? ORDER BY time, id`, task)
+	rows, err := g.db.QueryContext(ctx, taskExecutionsQuery, task)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: executions of task %s: %w", task, err)
 	}
@@ -545,14 +567,34 @@ func (g *Gateway) taskExecutions(ctx context.Context, task string) ([]TaskExecut
 	return out, nil
 }
 
+// treeExecutions defines, for a WITH RECURSIVE clause, t(id): the task ?1
+// and every task below it, walked through etb_tasks_children; and xs(id,
+// agent): the executions of those tasks, each task's own execution (id =
+// task) by primary key and the rest through etb_executions_task. No part
+// scans a table (TestTaskQueriesSearch): CROSS JOIN keeps the planner,
+// which has no statistics, from scanning a table to probe the tree.
+const treeExecutions = `t(id) AS (
+		SELECT id FROM etb_tasks WHERE id = ?1
+		UNION SELECT c.id FROM t CROSS JOIN etb_tasks c ON c.parent = t.id AND c.parent != ''),
+	xs(id, agent) AS (
+		SELECT x.id, x.agent FROM t CROSS JOIN etb_executions x ON x.id = t.id AND x.task = t.id
+		UNION ALL
+		SELECT x.id, x.agent FROM t CROSS JOIN etb_executions x INDEXED BY etb_executions_task
+			ON x.task = t.id AND x.task != x.id)`
+
+// treeExecutionIDsQuery selects the executions of the task tree under ?1
+// in ledger order of their first event.
+const treeExecutionIDsQuery = `WITH RECURSIVE ` + treeExecutions + `
+	SELECT xs.id FROM xs CROSS JOIN etb_events e ON e.execution = xs.id AND e.seq = 0 ORDER BY e.idx`
+
+// agentInTree is 1 if agent ?2 made an execution in the task tree under ?1.
+const agentInTree = `WITH RECURSIVE ` + treeExecutions + `
+	SELECT EXISTS(SELECT 1 FROM xs WHERE agent = ?2)`
+
 // TaskExecutionIDs returns every execution of the task tree under task,
 // in ledger order of their first event.
 func (g *Gateway) TaskExecutionIDs(ctx context.Context, task string) ([]string, error) {
-	rows, err := g.db.QueryContext(ctx, `WITH RECURSIVE t(id) AS (
-		SELECT id FROM etb_tasks WHERE id = ?
-		UNION SELECT c.id FROM etb_tasks c JOIN t ON c.parent = t.id)
-		SELECT x.id FROM etb_executions x JOIN t ON x.task = t.id
-		JOIN etb_events e ON e.execution = x.id AND e.seq = 0 ORDER BY e.idx`, task)
+	rows, err := g.db.QueryContext(ctx, treeExecutionIDsQuery, task)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: executions of task tree %s: %w", task, err)
 	}

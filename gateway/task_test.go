@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -307,5 +308,127 @@ func TestTaskDecisionsSerialised(t *testing.T) {
 	st, err := g.loadTask(ctx, "t", "")
 	if err != nil || st.version != 12 || len(st.recent) != 12 {
 		t.Fatalf("final state %+v %v", st, err)
+	}
+}
+
+// The task queries find a tree's tasks and executions through the partial
+// indexes that leave one-action root tasks out (etb_tasks_children,
+// etb_executions_task) and by primary key: none scans a table, and each
+// finds what the full scan finds.
+func TestTaskQueriesSearch(t *testing.T) {
+	ctx := context.Background()
+	g := withPolicy(t, flowPolicy)
+	const agent, other = "spiffe://etb.local/agent/a", "spiffe://etb.local/agent/b"
+	begin := func(a *action.Action) string {
+		t.Helper()
+		ex, err := g.Begin(ctx, a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ex.ID
+	}
+	// A root task made for one action: its id is the execution's.
+	first := begin(flowAction("fs.read", "/a", "", "", agent))
+	var root string
+	if err := g.db.QueryRowContext(ctx, `SELECT task FROM etb_executions WHERE id = ?`, first).Scan(&root); err != nil || root != first {
+		t.Fatalf("task of a one-action root: %q %v, want %s", root, err, first)
+	}
+	second := begin(flowAction("fs.read", "/b", "", root, agent))
+	child := flowAction("fs.read", "/c", "", "child", other)
+	child.Task.ParentID = root
+	third := begin(child)
+	grandchild := flowAction("fs.read", "/d", "", "grandchild", other)
+	grandchild.Task.ParentID = "child"
+	fourth := begin(grandchild)
+	unrelated := begin(flowAction("fs.read", "/e", "", "", "spiffe://etb.local/agent/c"))
+
+	ids, err := g.TaskExecutionIDs(ctx, root)
+	if want := []string{first, second, third, fourth}; err != nil || !slices.Equal(ids, want) {
+		t.Fatalf("TaskExecutionIDs(root) = %v %v, want %v", ids, err, want)
+	}
+	if ids, err := g.TaskExecutionIDs(ctx, "child"); err != nil || !slices.Equal(ids, []string{third, fourth}) {
+		t.Fatalf("TaskExecutionIDs(child) = %v %v", ids, err)
+	}
+	if ids, err := g.TaskExecutionIDs(ctx, unrelated); err != nil || !slices.Equal(ids, []string{unrelated}) {
+		t.Fatalf("TaskExecutionIDs(unrelated) = %v %v", ids, err)
+	}
+	tree, err := g.TaskTree(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tree.Executions) != 2 || tree.Executions[0].ID != first || tree.Executions[1].ID != second ||
+		len(tree.Children) != 1 || tree.Children[0].ID != "child" ||
+		len(tree.Children[0].Children) != 1 || tree.Children[0].Children[0].Executions[0].ID != fourth {
+		t.Fatalf("TaskTree(root) = %+v", tree)
+	}
+	for _, c := range []struct {
+		agent string
+		want  int
+	}{{agent, 1}, {other, 1}, {"spiffe://etb.local/agent/c", 0}} {
+		var n int
+		if err := g.db.QueryRowContext(ctx, agentInTree, root, c.agent).Scan(&n); err != nil || n != c.want {
+			t.Errorf("agentInTree(root, %s) = %d %v, want %d", c.agent, n, err, c.want)
+		}
+	}
+
+	for name, q := range map[string]string{
+		"treeExecutionIDs": treeExecutionIDsQuery, "agentInTree": agentInTree, "taskExecutions": taskExecutionsQuery,
+		"taskTree": taskTreeQuery,
+	} {
+		rows, err := g.db.QueryContext(ctx, "EXPLAIN QUERY PLAN "+q, root, agent)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		var plan []string
+		for rows.Next() {
+			var id, parent, unused int
+			var detail string
+			if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
+				t.Fatal(err)
+			}
+			plan = append(plan, detail)
+		}
+		rows.Close()
+		for _, step := range plan {
+			// Scanning the recursive tables t and xs is walking the tree.
+			if strings.HasPrefix(step, "SCAN ") && step != "SCAN t" && step != "SCAN xs" && step != "SCAN CONSTANT ROW" {
+				t.Errorf("query plan of %s scans a table:\n%s", name, strings.Join(plan, "\n"))
+				break
+			}
+		}
+	}
+}
+
+// A home made when etb_tasks had full indexes on parent and root loses them
+// when it is opened, and gains the partial ones.
+func TestTaskIndexMigration(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	g := open(t, dir)
+	for _, q := range []string{
+		`DROP INDEX etb_tasks_children`, `DROP INDEX etb_executions_task`,
+		`CREATE INDEX etb_tasks_parent ON etb_tasks(parent)`, `CREATE INDEX etb_tasks_root ON etb_tasks(root)`,
+	} {
+		if _, err := g.db.ExecContext(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g.Close()
+	g = open(t, dir)
+	rows, err := g.db.QueryContext(ctx, `SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name IN ('etb_tasks', 'etb_executions') AND sql IS NOT NULL ORDER BY name`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var names []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, n)
+	}
+	if want := []string{"etb_executions_task", "etb_executions_time", "etb_tasks_children"}; !slices.Equal(names, want) {
+		t.Fatalf("indexes after opening an old home: %v, want %v", names, want)
 	}
 }
