@@ -21,7 +21,10 @@ CREATE TABLE IF NOT EXISTS etb_executions(
 	id TEXT PRIMARY KEY, time TEXT NOT NULL, agent TEXT NOT NULL, task TEXT NOT NULL,
 	kind TEXT NOT NULL, name TEXT NOT NULL, args TEXT NOT NULL,
 	decision TEXT NOT NULL DEFAULT '', rules TEXT NOT NULL DEFAULT '', outcome TEXT NOT NULL DEFAULT '');
-CREATE INDEX IF NOT EXISTS etb_executions_time ON etb_executions(time);
+-- Executions are listed newest first in the order their intents entered the
+-- ledger, which is rowid order: an index on time would put one more row in
+-- every decision's commit; homes made before lose it here.
+DROP INDEX IF EXISTS etb_executions_time;
 -- The random end of an id (lineage.ShortID prints it) finds executions
 -- (ResolveID), through an index built lazily, off the decision path (see
 -- indexTails): etb_id_tails holds the tails of the executions up to rowid
@@ -124,10 +127,11 @@ func insertRow(ctx context.Context, tx ledger.SQLExecer, table, columns string, 
 	return err
 }
 
-// List returns the most recent executions, newest first.
+// List returns the most recent executions, newest first: in the reverse of
+// the order their intents entered the ledger.
 func (g *Gateway) List(ctx context.Context, limit int) ([]Summary, error) {
 	rows, err := g.db.QueryContext(ctx, `SELECT id, time, agent, kind, name, args, decision, rules, outcome, task
-		FROM etb_executions ORDER BY time DESC, id LIMIT ?`, limit)
+		FROM etb_executions ORDER BY rowid DESC LIMIT ?`, limit)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: list executions: %w", err)
 	}

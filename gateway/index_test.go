@@ -113,3 +113,29 @@ func TestTailIndexMigration(t *testing.T) {
 		t.Fatalf("ResolveID after migration: %q %v, want %s", got, err, ex.ID)
 	}
 }
+
+// List gives the newest executions first, in the reverse of the order their
+// intents entered the ledger, and at most limit of them.
+func TestListNewestFirst(t *testing.T) {
+	ctx := context.Background()
+	g := open(t, t.TempDir())
+	var ids []string
+	for i := range 4 {
+		ex, err := g.Begin(ctx, echoAction(t, "list", string(rune('a'+i))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, ex.ID)
+	}
+	list, err := g.List(ctx, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, s := range list {
+		got = append(got, s.ID)
+	}
+	if want := []string{ids[3], ids[2], ids[1]}; strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("List(3) = %v, want %v", got, want)
+	}
+}
