@@ -69,21 +69,7 @@ func TestResolveIDByTail(t *testing.T) {
 		t.Fatalf("ResolveID of an unknown tail: %v", err)
 	}
 	// Both halves of tailMatch are searches, not scans of every execution.
-	rows, err := g.db.QueryContext(ctx, `EXPLAIN QUERY PLAN SELECT id FROM (`+tailMatch+`)`, "abc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var plan []string
-	for rows.Next() {
-		var id, parent, unused int
-		var detail string
-		if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
-			t.Fatal(err)
-		}
-		plan = append(plan, detail)
-	}
-	joined := strings.Join(plan, "\n")
+	joined := strings.Join(queryPlan(t, g, `SELECT id FROM (`+tailMatch+`)`, "abc"), "\n")
 	if strings.Contains(joined, "SCAN etb_executions") || strings.Contains(joined, "SCAN etb_id_tails") ||
 		!strings.Contains(joined, "SEARCH etb_executions USING INTEGER PRIMARY KEY (rowid>?)") {
 		t.Errorf("query plan of tailMatch:\n%s", joined)
@@ -138,4 +124,28 @@ func TestListNewestFirst(t *testing.T) {
 	if want := []string{ids[3], ids[2], ids[1]}; strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Fatalf("List(3) = %v, want %v", got, want)
 	}
+}
+
+// queryPlan returns the steps of SQLite's plan for query q with args, one
+// detail line per step (EXPLAIN QUERY PLAN).
+func queryPlan(t testing.TB, g *Gateway, q string, args ...any) []string {
+	t.Helper()
+	rows, err := g.db.QueryContext(context.Background(), "EXPLAIN QUERY PLAN "+q, args...)
+	if err != nil {
+		t.Fatalf("plan of %s: %v", q, err)
+	}
+	defer rows.Close()
+	var plan []string
+	for rows.Next() {
+		var id, parent, unused int
+		var detail string
+		if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
+			t.Fatal(err)
+		}
+		plan = append(plan, detail)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return plan
 }

@@ -371,28 +371,20 @@ func TestTaskQueriesSearch(t *testing.T) {
 		}
 	}
 
-	for name, q := range map[string]string{
-		"treeExecutionIDs": treeExecutionIDsQuery, "agentInTree": agentInTree, "taskExecutions": taskExecutionsQuery,
-		"taskTree": taskTreeQuery,
+	for _, c := range []struct {
+		name, query string
+		args        []any
+	}{
+		{"treeExecutionIDs", treeExecutionIDsQuery, []any{root}},
+		{"agentInTree", agentInTree, []any{root, agent}},
+		{"taskExecutions", taskExecutionsQuery, []any{root}},
+		{"taskTree", taskTreeQuery, []any{root}},
 	} {
-		rows, err := g.db.QueryContext(ctx, "EXPLAIN QUERY PLAN "+q, root, agent)
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		var plan []string
-		for rows.Next() {
-			var id, parent, unused int
-			var detail string
-			if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
-				t.Fatal(err)
-			}
-			plan = append(plan, detail)
-		}
-		rows.Close()
+		plan := queryPlan(t, g, c.query, c.args...)
 		for _, step := range plan {
 			// Scanning the recursive tables t and xs is walking the tree.
 			if strings.HasPrefix(step, "SCAN ") && step != "SCAN t" && step != "SCAN xs" && step != "SCAN CONSTANT ROW" {
-				t.Errorf("query plan of %s scans a table:\n%s", name, strings.Join(plan, "\n"))
+				t.Errorf("query plan of %s scans a table:\n%s", c.name, strings.Join(plan, "\n"))
 				break
 			}
 		}
