@@ -268,7 +268,7 @@ func (s *Service) verifyCert(state tls.ConnectionState) (verifiedCert, error) {
 	if p.ID != id.String() {
 		return verifiedCert{}, fmt.Errorf("certificate names %s, verified %s", p.ID, id)
 	}
-	vc := verifiedCert{id: id, principal: p, holder: base64.RawURLEncoding.EncodeToString(key[:]), notAfter: chain[0].NotAfter}
+	vc := verifiedCert{id: id, principal: p, holder: thumbprintOf(key), notAfter: chain[0].NotAfter}
 	s.certs.Store(key, vc)
 	return vc, nil
 }
@@ -276,7 +276,11 @@ func (s *Service) verifyCert(state tls.ConnectionState) (verifiedCert, error) {
 // Thumbprint is the x5t#S256 of a certificate: the unpadded base64url
 // SHA-256 of its DER encoding (RFC 8705), the holder a grant's cnf names.
 func Thumbprint(cert *x509.Certificate) string {
-	sum := sha256.Sum256(cert.Raw)
+	return thumbprintOf(sha256.Sum256(cert.Raw))
+}
+
+// thumbprintOf encodes the SHA-256 of a certificate's DER as Thumbprint does.
+func thumbprintOf(sum [sha256.Size]byte) string {
 	return base64.RawURLEncoding.EncodeToString(sum[:])
 }
 

@@ -559,25 +559,34 @@ func TestHideDenied(t *testing.T) {
 	}
 }
 
-// The upstream's progress notifications reach the client that asked.
-func TestProgressPassesThrough(t *testing.T) {
+// callWithProgress calls the counter upstream's tool through the proxy,
+// permitted by policy, with progress token token, and returns the channel
+// on which the progress notifications that reach the client arrive.
+func callWithProgress(t *testing.T, tool, token string) <-chan float64 {
+	t.Helper()
 	got := make(chan float64, 4)
 	copt := &sdk.ClientOptions{ProgressNotificationHandler: func(_ context.Context, req *sdk.ProgressNotificationClientRequest) {
-		if req.Params.ProgressToken == "tok-1" {
+		if req.Params.ProgressToken == token {
 			got <- req.Params.Progress
 		}
 	}}
 	_, _, cs, _ := inProcessWith(t, `version: etb.policy/v1
 name: t
 rules:
-  - id: allow-progress
+  - id: allow
     effect: permit
-    match: {kind: mcp.tool_call, name: counter/progress}
+    match: {kind: mcp.tool_call, name: counter/`+tool+`}
 `, copt)
-	res, err := cs.CallTool(context.Background(), &sdk.CallToolParams{Name: "progress", Meta: sdk.Meta{"progressToken": "tok-1"}})
+	res, err := cs.CallTool(context.Background(), &sdk.CallToolParams{Name: tool, Meta: sdk.Meta{"progressToken": token}})
 	if err != nil || res.IsError {
-		t.Fatalf("call: %v %+v", err, res)
+		t.Fatalf("call %s: %v %+v", tool, err, res)
 	}
+	return got
+}
+
+// The upstream's progress notifications reach the client that asked.
+func TestProgressPassesThrough(t *testing.T) {
+	got := callWithProgress(t, "progress", "tok-1")
 	for want := 1.0; want <= 2; want++ {
 		select {
 		case p := <-got:
@@ -594,23 +603,7 @@ rules:
 // (within the route's grace second) is still passed downstream, though
 // the downstream request has ended.
 func TestLateProgressPassesThrough(t *testing.T) {
-	got := make(chan float64, 1)
-	copt := &sdk.ClientOptions{ProgressNotificationHandler: func(_ context.Context, req *sdk.ProgressNotificationClientRequest) {
-		if req.Params.ProgressToken == "tok-late" {
-			got <- req.Params.Progress
-		}
-	}}
-	_, _, cs, _ := inProcessWith(t, `version: etb.policy/v1
-name: t
-rules:
-  - id: allow-late
-    effect: permit
-    match: {kind: mcp.tool_call, name: counter/late}
-`, copt)
-	res, err := cs.CallTool(context.Background(), &sdk.CallToolParams{Name: "late", Meta: sdk.Meta{"progressToken": "tok-late"}})
-	if err != nil || res.IsError {
-		t.Fatalf("call: %v %+v", err, res)
-	}
+	got := callWithProgress(t, "late", "tok-late")
 	select {
 	case p := <-got:
 		if p != 1 {
