@@ -219,7 +219,7 @@ func runEtb(ctx context.Context, c *config) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	r, err := drive(ctx, c.Clients, c.Duration, func(ctx context.Context, cl, in int) error {
+	r, err := drive(ctx, e.proc.cmd.Process.Pid, c.Clients, c.Duration, func(ctx context.Context, cl, in int) error {
 		o, err := decide(ctx, cl, in)
 		if err == nil && o.Decision != ins[in].want.Decision {
 			err = fmt.Errorf("decided %v, want %v", o, ins[in].want)

@@ -176,6 +176,11 @@ func TestBothSystems(t *testing.T) {
 		if r.System != s || r.Decisions == 0 || r.Elapsed <= 0 || r.Overall.P50 <= 0 || r.Overall.P99 < r.Overall.P50 {
 			t.Fatalf("%s: implausible result %+v", s, r)
 		}
+		// Both processes worked for the decisions; the server's CPU time is
+		// counted in 10 ms ticks, so it is only checked to be there.
+		if r.ServerCPU <= 0 || r.ClientCPU <= 0 || r.ServerCPU > 2*r.Elapsed+time.Second || r.ClientCPU > 2*r.Elapsed+time.Second {
+			t.Errorf("%s: implausible CPU times: server %v, clients %v over %v", s, r.ServerCPU, r.ClientCPU, r.Elapsed)
+		}
 		var n uint64
 		for i, l := range r.ByInput {
 			if l.N == 0 {
@@ -193,7 +198,7 @@ func TestBothSystems(t *testing.T) {
 	}
 	var out bytes.Buffer
 	printTable(&out, results)
-	if !strings.Contains(out.String(), "etb/opa") || !strings.Contains(out.String(), "python3") {
+	if !strings.Contains(out.String(), "etb/opa") || !strings.Contains(out.String(), "python3") || !strings.Contains(out.String(), "CPU per decision") {
 		t.Errorf("table lacks the ratio or an input:\n%s", out.String())
 	}
 	t.Logf("\n%s", out.String())

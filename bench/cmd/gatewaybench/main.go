@@ -193,6 +193,19 @@ type Result struct {
 	Overall   Latency
 	ByInput   []Latency  // indexed like inputs()
 	Outcomes  []*outcome // the outcome seen for each input before timing
+	// ServerCPU and ClientCPU are the CPU time (user and system, all
+	// threads) that the server process and this child process, which runs
+	// the clients, used from the start of the timed phase to its end.
+	ServerCPU time.Duration
+	ClientCPU time.Duration
+}
+
+// perDecision returns d divided over the decisions, in microseconds.
+func (r *Result) perDecision(d time.Duration) float64 {
+	if r.Decisions == 0 {
+		return 0
+	}
+	return float64(d) / 1e3 / float64(r.Decisions)
 }
 
 // Rate returns decisions per second.
@@ -237,6 +250,8 @@ func printTable(w io.Writer, results []*Result) {
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
+	printCPU(w, results)
+	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprint(tw, "input\tdecision\t")
 	for _, r := range results {
@@ -257,10 +272,45 @@ func printTable(w io.Writer, results []*Result) {
 	}
 }
 
+// printCPU prints the CPU time per decision of each system's server and
+// clients in the timed phase, the cores the two kept busy, and the
+// decisions per second two cores would serve at the server's CPU time per
+// decision if the clients ran elsewhere and nothing but CPU limited it: an
+// upper bound, not a measurement (the harness's clients share the cores).
+func printCPU(w io.Writer, results []*Result) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "CPU per decision\tserver µs\tclients µs\tboth µs\tcores busy\t2-core bound, server only\t")
+	for _, r := range results {
+		srv, cl := r.perDecision(r.ServerCPU), r.perDecision(r.ClientCPU)
+		busy := 0.0
+		if r.Elapsed > 0 {
+			busy = float64(r.ServerCPU+r.ClientCPU) / float64(r.Elapsed)
+		}
+		bound := 0.0
+		if srv > 0 {
+			bound = 2e6 / srv
+		}
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.0f\t%.2f\t%.0f/s\t\n", r.System, srv, cl, srv+cl, busy, bound)
+	}
+	if len(results) == 2 {
+		a, b := results[0], results[1]
+		ratio := func(x, y time.Duration) float64 {
+			if y == 0 {
+				return 0
+			}
+			return a.perDecision(x) / b.perDecision(y)
+		}
+		fmt.Fprintf(tw, "%s/%s\t%.2f×\t%.2f×\t%.2f×\t\t\t\n", a.System, b.System, ratio(a.ServerCPU, b.ServerCPU),
+			ratio(a.ClientCPU, b.ClientCPU), ratio(a.ServerCPU+a.ClientCPU, b.ServerCPU+b.ClientCPU))
+	}
+	tw.Flush()
+}
+
 // drive runs one goroutine per client for d: each calls decide on the
 // inputs in rotation (client i starts at input i) and records each call's
-// latency. The first error stops the run and is returned.
-func drive(ctx context.Context, clients int, d time.Duration, decide func(ctx context.Context, client, input int) error) (*Result, error) {
+// latency, and the CPU time that the server (process server) and this
+// process used meanwhile. The first error stops the run and is returned.
+func drive(ctx context.Context, server, clients int, d time.Duration, decide func(ctx context.Context, client, input int) error) (*Result, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	n := len(inputs())
@@ -269,6 +319,14 @@ func drive(ctx context.Context, clients int, d time.Duration, decide func(ctx co
 		last time.Duration        // since start, of the last answer
 	}
 	tallies := make([]*tally, clients)
+	server0, err := measure.ProcessCPU(server)
+	if err != nil {
+		return nil, err
+	}
+	self0, err := measure.SelfCPU()
+	if err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	deadline := start.Add(d)
 	var wg sync.WaitGroup
@@ -298,10 +356,18 @@ func drive(ctx context.Context, clients int, d time.Duration, decide func(ctx co
 		}()
 	}
 	wg.Wait()
+	server1, err := measure.ProcessCPU(server)
+	if err != nil {
+		return nil, err
+	}
+	self1, err := measure.SelfCPU()
+	if err != nil {
+		return nil, err
+	}
 	if err := context.Cause(ctx); err != nil {
 		return nil, err
 	}
-	r := &Result{ByInput: make([]Latency, n)}
+	r := &Result{ByInput: make([]Latency, n), ServerCPU: server1 - server0, ClientCPU: self1 - self0}
 	overall := measure.NewHistogram()
 	for i := range n {
 		h := measure.NewHistogram()

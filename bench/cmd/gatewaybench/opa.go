@@ -216,7 +216,7 @@ func runOPA(ctx context.Context, c *config) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	r, err := drive(ctx, c.Clients, c.Duration, func(ctx context.Context, cl, in int) error {
+	r, err := drive(ctx, s.cmd.Process.Pid, c.Clients, c.Duration, func(ctx context.Context, cl, in int) error {
 		o, err := clients[cl].decide(ctx, sp[in])
 		if err == nil && o.Decision != ins[in].want.Decision {
 			err = fmt.Errorf("decided %v, want %v", o, ins[in].want)

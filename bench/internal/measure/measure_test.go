@@ -3,6 +3,7 @@ package measure
 import (
 	"math"
 	"math/rand/v2"
+	"os"
 	"slices"
 	"testing"
 	"time"
@@ -143,5 +144,68 @@ func TestKbField(t *testing.T) {
 		if (err == nil) != tc.ok || got != tc.want {
 			t.Errorf("kbField(%q) = %d, %v; want %d, ok=%t", tc.line, got, err, tc.want, tc.ok)
 		}
+	}
+}
+
+func TestStatCPU(t *testing.T) {
+	for _, tc := range []struct {
+		line string
+		want time.Duration // negative: an error
+	}{
+		{"42 (etb) S 1 42 42 0 -1 4194560 100 0 0 0 250 31 0 0 20 0 9 0 1000 0 0", 2810 * time.Millisecond},
+		// The command name may hold spaces and parentheses.
+		{"42 (a) b (c) R 1 42 42 0 -1 0 0 0 0 0 7 3 0 0 20 0 1 0 1 0 0", 100 * time.Millisecond},
+		{"42 (etb) S 1 42", -1},
+		{"42 etb S 1 42 42 0 -1 0 0 0 0 0 7 3 0 0", -1},
+		{"42 (etb) S 1 42 42 0 -1 0 0 0 0 0 x 3 0 0 20", -1},
+	} {
+		got, err := statCPU(42, []byte(tc.line))
+		if tc.want < 0 {
+			if err == nil {
+				t.Errorf("statCPU(%q) = %v, want an error", tc.line, got)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("statCPU(%q) = %v, %v; want %v", tc.line, got, err, tc.want)
+		}
+	}
+}
+
+func TestProcessCPU(t *testing.T) {
+	self0, err := SelfCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	proc0, err := ProcessCPU(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Burn 300 ms of CPU on this goroutine.
+	x := uint64(1)
+	for start := time.Now(); time.Since(start) < 300*time.Millisecond; {
+		for range 10000 {
+			x = x*6364136223846793005 + 1442695040888963407
+		}
+	}
+	self1, err := SelfCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	proc1, err := ProcessCPU(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, dp := self1-self0, proc1-proc0
+	// The busy loop ran on this machine's CPU unless it was starved; both
+	// counters see the same process, one to the tick (10 ms).
+	if ds < 100*time.Millisecond || dp < 80*time.Millisecond {
+		t.Fatalf("300 ms of work (x=%d): getrusage counted %v, /proc/self/stat %v", x, ds, dp)
+	}
+	if d := dp - ds; d > 50*time.Millisecond || d < -50*time.Millisecond {
+		t.Fatalf("getrusage counted %v, /proc/self/stat %v: more than 50 ms apart", ds, dp)
+	}
+	if _, err := ProcessCPU(-1); err == nil {
+		t.Fatal("ProcessCPU(-1) gave no error")
 	}
 }
