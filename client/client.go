@@ -157,6 +157,9 @@ const (
 	CodeRevoked      = "revoked"
 	CodePolicyDenied = "policy_denied"
 	CodeEnded        = "ended"
+	// CodeLeaseExpired: the execution may not start (or, never started,
+	// be renewed): its lease expired.
+	CodeLeaseExpired = "lease_expired"
 )
 
 // IsCode reports whether err is a gateway Error with code.

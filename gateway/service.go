@@ -68,7 +68,8 @@ type ServiceOptions struct {
 // ledger chain, which is checked link by link before it is used. An
 // execution left unrenewed for a minute past its lease is closed by the
 // gateway with an interrupt (reason lease_expired), so that one whose
-// enforcer vanished still ends in the record.
+// enforcer vanished still ends in the record; a permit never started is
+// closed so once its lease has expired (it can no longer start).
 type Service struct {
 	g       *Gateway
 	opt     ServiceOptions

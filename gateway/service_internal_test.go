@@ -2,6 +2,9 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -82,4 +85,124 @@ func TestSweepDropsStaleAndRebuildsFromLedger(t *testing.T) {
 	if _, err := s.lookup(ctx, "0000000000000000000000000000dead"); err == nil {
 		t.Fatal("unknown execution looked up")
 	}
+}
+
+// A permit never started is swept as soon as its lease has expired (it can
+// no longer start or renew), not a minute later, and its end is recorded; a
+// started one is still given staleAfter to report its own end.
+func TestSweepClosesNeverStartedAtLeaseExpiry(t *testing.T) {
+	ctx := context.Background()
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	g, err := Open(ctx, t.TempDir(), Options{Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	s, err := NewService(ctx, g, ServiceOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var les []*liveExec
+	for _, name := range []string{"idle", "running"} {
+		ex, err := g.begin(ctx, echoAction(t, name), beginOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		le := s.register(ctx, ex, "")
+		le.lease = clock().Add(time.Second)
+		les = append(les, le)
+	}
+	idle, running := les[0], les[1]
+	running.mu.Lock()
+	if _, err := s.recordAs(ctx, running, lineage.TypeStart, "spiffe://etb.local/enforcer/x", lineage.StartBody{PID: 1, GrantJTI: running.ex.Claims.ID}); err != nil {
+		t.Fatal(err)
+	}
+	running.started = true
+	running.mu.Unlock()
+
+	// Within the lease, nothing is swept.
+	advance(999 * time.Millisecond)
+	if stale := s.maybeSweep(); len(stale) != 0 {
+		t.Fatalf("swept %d executions within their lease", len(stale))
+	}
+	// At its expiry, the idle permit goes; the running one stays.
+	advance(sweepEvery)
+	stale := s.maybeSweep()
+	if len(stale) != 1 || stale[0] != idle {
+		t.Fatalf("swept %v after the lease expired, want the never-started permit alone", stale)
+	}
+	if _, ok := s.live[running.ex.ID]; !ok {
+		t.Fatal("the started execution was dropped before staleAfter")
+	}
+	s.closeStale(ctx, stale)
+	le, err := s.lookup(ctx, idle.ex.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if le.started || le.terminal != "interrupted: lease_expired" {
+		t.Fatalf("the swept permit, rebuilt: started %v, terminal %q", le.started, le.terminal)
+	}
+	events, _, err := g.Events(ctx, idle.ex.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := events[len(events)-1]
+	var body lineage.InterruptBody
+	if err := json.Unmarshal(last.Body, &body); err != nil || last.Type != lineage.TypeInterrupt || body.Reason != "lease_expired" || !strings.HasPrefix(body.Detail, "never started") {
+		t.Fatalf("the swept permit's last event: %s %s (%v)", last.Type, last.Body, err)
+	}
+	advance(staleAfter)
+	if stale := s.maybeSweep(); len(stale) != 1 || stale[0] != running {
+		t.Fatalf("swept %v a minute after the lease, want the started execution", stale)
+	}
+}
+
+// closeStale records the interruptions of many swept permits concurrently,
+// so that they share ledger commits: each is closed, and the commits are
+// fewer than the executions.
+func TestCloseStaleSharesCommits(t *testing.T) {
+	ctx := context.Background()
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	g, err := Open(ctx, t.TempDir(), Options{Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	s, err := NewService(ctx, g, ServiceOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 96
+	for i := range n {
+		ex, err := g.begin(ctx, echoAction(t, fmt.Sprint("idle-", i)), beginOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.register(ctx, ex, "").lease = clock().Add(time.Second)
+	}
+	mu.Lock()
+	now = now.Add(2 * time.Second)
+	mu.Unlock()
+	stale := s.maybeSweep()
+	if len(stale) != n {
+		t.Fatalf("swept %d of %d never-started permits", len(stale), n)
+	}
+	before := g.LogStats()
+	s.closeStale(ctx, stale)
+	after := g.LogStats()
+	for _, le := range stale {
+		if le.terminal != "interrupted: lease_expired" {
+			t.Fatalf("%s not closed: %q", le.ex.ID, le.terminal)
+		}
+	}
+	entries, batches := after.Entries-before.Entries, after.Batches-before.Batches
+	if entries != n || batches >= n {
+		t.Fatalf("closing %d permits appended %d entries in %d commits; want %d entries in fewer commits", n, entries, batches, n)
+	}
+	t.Logf("%d interruptions in %d commits", entries, batches)
 }

@@ -455,6 +455,11 @@ func (s *Service) handleLease(w http.ResponseWriter, r *http.Request, c *caller)
 	case le.ex.Token == "":
 		writeError(w, http.StatusConflict, "no_grant", fmt.Errorf("execution %s has no grant to lease", id))
 		return
+	case !le.started && !s.now().Before(le.lease):
+		// Its start would be refused (admitEvent), so a renewal may not
+		// revive it; the sweep closes it.
+		writeError(w, http.StatusGone, "lease_expired", fmt.Errorf("execution %s never started and its lease expired at %s", id, action.FormatTime(le.lease)))
+		return
 	}
 	d := s.g.Policy().Evaluate(r.Context(), &le.ex.Action)
 	// An approved execution stays allowed while the policy still asks for

@@ -505,6 +505,37 @@ func TestServiceRenewalReevaluatesPolicy(t *testing.T) {
 	}
 }
 
+// A permit never started cannot be revived once its lease has expired:
+// renewing it is refused like starting it (410 lease_expired), while a
+// renewal within the lease extends it.
+func TestServiceNeverStartedLeaseExpires(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, t.TempDir(), 200*time.Millisecond)
+	c := e.client("/agent/a")
+	spec, err := enforce.DescribeExec([]string{"echo", "x"}, os.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth, err := c.Decide(ctx, spec, client.Task{})
+	if err != nil || !auth.Permitted() {
+		t.Fatalf("%+v %v", auth, err)
+	}
+	if _, err := c.Renew(ctx, auth.Execution); err != nil {
+		t.Fatalf("renewal within the lease: %v", err)
+	}
+	claims, err := grant.VerifySignature(auth.Grant, mustKeys(t, e.trust()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if _, err := c.Renew(ctx, auth.Execution); !client.IsCode(err, client.CodeLeaseExpired) {
+		t.Fatalf("renewal of a never-started permit after its lease: %v", err)
+	}
+	if err := c.Report(ctx, auth.Execution, lineage.TypeStart, lineage.StartBody{PID: 1, GrantJTI: claims.ID}); !client.IsCode(err, client.CodeLeaseExpired) {
+		t.Fatalf("start after the lease: %v", err)
+	}
+}
+
 // Many clients at once: no event is lost, every execution's evidence
 // verifies.
 func TestServiceConcurrentLoad(t *testing.T) {
