@@ -139,7 +139,10 @@ func Canonical(v any) ([]byte, error) {
 // SHA256 returns "sha256:" followed by the lower-case hex digest of b.
 func SHA256(b []byte) string {
 	sum := sha256.Sum256(b)
-	return "sha256:" + hex.EncodeToString(sum[:])
+	var out [len("sha256:") + 2*sha256.Size]byte // one allocation: the string
+	n := copy(out[:], "sha256:")
+	hex.Encode(out[n:], sum[:])
+	return string(out[:])
 }
 
 // CanonicalHash is SHA256 of Canonical(v).

@@ -411,3 +411,14 @@ func TestDigestMatchesJCS(t *testing.T) {
 		t.Error("invalid UTF-8 took the direct path")
 	}
 }
+
+func TestSHA256KnownAnswers(t *testing.T) {
+	for in, want := range map[string]string{
+		"":    "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+		"abc": "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+	} {
+		if got := SHA256([]byte(in)); got != want {
+			t.Errorf("SHA256(%q) = %s, want %s", in, got, want)
+		}
+	}
+}

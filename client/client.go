@@ -192,7 +192,7 @@ func (c *Client) do(ctx context.Context, hc *http.Client, method, path string, i
 		return fmt.Errorf("client: %s %s: %w", method, path, err)
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	b, err := readAnswer(resp)
 	if err != nil {
 		return fmt.Errorf("client: %s %s: read answer: %w", method, path, err)
 	}
@@ -209,6 +209,23 @@ func (c *Client) do(ctx context.Context, hc *http.Client, method, path string, i
 		}
 	}
 	return nil
+}
+
+// maxAnswer bounds the body of an answer the client reads.
+const maxAnswer = 64 << 20
+
+// readAnswer reads resp's body, at most maxAnswer bytes: into one buffer
+// of the declared length when there is one (io.ReadAll grows its buffer
+// several times for a typical answer), else as it comes.
+func readAnswer(resp *http.Response) ([]byte, error) {
+	if n := resp.ContentLength; n >= 0 && n <= maxAnswer {
+		b := make([]byte, n)
+		if _, err := io.ReadFull(resp.Body, b); err != nil {
+			return nil, err
+		}
+		return b, nil
+	}
+	return io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
 }
 
 // Task places an intent in a task.

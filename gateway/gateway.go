@@ -459,7 +459,9 @@ func (g *Gateway) append(ctx context.Context, ex *Execution, events []*lineage.E
 	}
 	when := g.now()
 	started := ex.started
-	_, err := g.log.AppendWith(ctx, func(ctx context.Context, tx ledger.AppendTx, first uint64) error {
+	// The entries are the chain's fresh envelopes, written once and never
+	// modified: the ledger takes them without a copy.
+	_, err := g.log.AppendOwned(ctx, func(ctx context.Context, tx ledger.AppendTx, first uint64) error {
 		x, ok := tx.(ledger.SQLExecer)
 		if !ok {
 			return errors.New("gateway: the ledger's storage cannot hold the index")
@@ -497,7 +499,7 @@ func (g *Gateway) append(ctx context.Context, ex *Execution, events []*lineage.E
 			}
 		}
 		return nil
-	}, entries...)
+	}, entries)
 	if err != nil {
 		return fmt.Errorf("gateway: ledger append for execution %s: %w", ex.ID, err)
 	}

@@ -496,7 +496,10 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	w.Write(append(b, '\n'))
+	// Two writes into the response's buffer: appending the newline to b,
+	// which json.Marshal sized exactly, would copy it.
+	w.Write(b)
+	io.WriteString(w, "\n")
 }
 
 // readJSON decodes a request body strictly: bounded size, no unknown

@@ -178,6 +178,32 @@ type RowWriter interface {
 // as the entries: both are durable together or not at all. If side fails,
 // the whole batch it was grouped into fails and nothing of it is written.
 func (l *Log) AppendWith(ctx context.Context, side Sidecar, entries ...[]byte) (uint64, error) {
+	total, err := checkBatch(entries)
+	if err != nil {
+		return 0, err
+	}
+	// Copy so that a caller reusing its buffers cannot change a queued entry.
+	own := make([][]byte, len(entries))
+	for i, e := range entries {
+		own[i] = bytes.Clone(e)
+	}
+	return l.submit(ctx, side, own, total)
+}
+
+// AppendOwned is AppendWith for a caller that hands entries over, the
+// slice and its entries: they are not copied, and the caller must never
+// modify them again, not even after an error (an append whose caller gave
+// up may still be committed).
+func (l *Log) AppendOwned(ctx context.Context, side Sidecar, entries [][]byte) (uint64, error) {
+	total, err := checkBatch(entries)
+	if err != nil {
+		return 0, err
+	}
+	return l.submit(ctx, side, entries, total)
+}
+
+// checkBatch checks the limits of one append call and returns its bytes.
+func checkBatch(entries [][]byte) (int, error) {
 	if len(entries) == 0 {
 		return 0, errors.New("ledger: append of no entries")
 	}
@@ -194,15 +220,15 @@ func (l *Log) AppendWith(ctx context.Context, side Sidecar, entries ...[]byte) (
 	if total > MaxBatchBytes {
 		return 0, fmt.Errorf("ledger: append of %d bytes, limit %d per call", total, MaxBatchBytes)
 	}
+	return total, nil
+}
+
+// submit queues an append request and waits for its outcome.
+func (l *Log) submit(ctx context.Context, side Sidecar, entries [][]byte, total int) (uint64, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, fmt.Errorf("ledger: append: %w", err)
 	}
-	// Copy so that a caller reusing its buffers cannot change a queued entry.
-	own := make([][]byte, len(entries))
-	for i, e := range entries {
-		own[i] = bytes.Clone(e)
-	}
-	req := &appendReq{ctx: ctx, side: side, entries: own, size: total, res: make(chan appendRes, 1)}
+	req := &appendReq{ctx: ctx, side: side, entries: entries, size: total, res: make(chan appendRes, 1)}
 
 	l.mu.RLock()
 	if l.shut {

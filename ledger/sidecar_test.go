@@ -60,3 +60,32 @@ func TestAppendWithSidecar(t *testing.T) {
 		t.Fatalf("append after a failed sidecar: %v", err)
 	}
 }
+
+// AppendOwned appends what AppendWith does, with its sidecar, and refuses
+// the same batches.
+func TestAppendOwned(t *testing.T) {
+	ctx := context.Background()
+	f := newLog(t)
+	ran := false
+	side := func(context.Context, AppendTx, uint64) error { ran = true; return nil }
+	first, err := f.log.AppendOwned(ctx, side, [][]byte{entryData(1), entryData(2)})
+	if err != nil || !ran {
+		t.Fatalf("AppendOwned: %v, sidecar ran %v", err, ran)
+	}
+	for i, want := range [][]byte{entryData(1), entryData(2)} {
+		got, err := f.log.Entry(ctx, first+uint64(i))
+		if err != nil || string(got) != string(want) {
+			t.Fatalf("entry %d: %q %v", first+uint64(i), got, err)
+		}
+	}
+	for _, bad := range [][][]byte{nil, {{}}, {make([]byte, MaxEntrySize+1)}} {
+		if _, err := f.log.AppendOwned(ctx, nil, bad); err == nil {
+			t.Fatalf("AppendOwned of %d entries (first %d bytes) succeeded", len(bad), func() int {
+				if len(bad) == 0 {
+					return 0
+				}
+				return len(bad[0])
+			}())
+		}
+	}
+}

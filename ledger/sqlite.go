@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -138,6 +139,10 @@ type SQLiteStorage struct {
 	conn     *sql.Conn // nil before the first append, after Close, or after conn failed
 	version  int64     // data_version seen at conn's previous BeginAppend, if seen
 	seen     bool
+	// entryRow is the buffer the entry row of each append is encoded in,
+	// reused (up to maxKeptEntryRow): SQLite copies a bound blob, so it is
+	// free once the INSERT returns.
+	entryRow []byte
 	closed   bool
 	// committed counts the append transactions committed (see
 	// sqliteTx.Committed).
@@ -281,15 +286,24 @@ func scanEntryRows(ctx context.Context, q Querier, from uint64, fn func(idx, cou
 		ORDER BY idx`, f)
 }
 
+// maxKeptEntryRow is the largest entry row buffer an SQLiteStorage keeps
+// for the next append; a larger batch's is left to the collector.
+const maxKeptEntryRow = 1 << 20
+
 // encodeEntryRow encodes entries as one row's data: each entry as a
 // big-endian uint16 length and its bytes (the tlog-tiles entry bundle
 // encoding).
 func encodeEntryRow(entries [][]byte) ([]byte, error) {
-	n := 0
+	return appendEntryRow(nil, entries)
+}
+
+// appendEntryRow appends encodeEntryRow(entries) to out.
+func appendEntryRow(out []byte, entries [][]byte) ([]byte, error) {
+	n := len(out)
 	for _, e := range entries {
 		n += 2 + len(e)
 	}
-	out := make([]byte, 0, n)
+	out = slices.Grow(out, n-len(out))
 	for i, e := range entries {
 		if len(e) == 0 || len(e) > MaxEntrySize {
 			return nil, fmt.Errorf("ledger: entry %d of the row is %d bytes, want 1..%d", i, len(e), MaxEntrySize)
@@ -825,9 +839,12 @@ func (t *sqliteTx) WriteEntries(ctx context.Context, first uint64, entries [][]b
 	if len(entries) == 0 {
 		return errors.New("ledger: write of no entries")
 	}
-	data, err := encodeEntryRow(entries)
+	data, err := appendEntryRow(t.s.entryRow[:0], entries)
 	if err != nil {
 		return err
+	}
+	if cap(data) <= maxKeptEntryRow {
+		t.s.entryRow = data
 	}
 	if _, err := t.exec(ctx, c, "INSERT INTO ledger_entries (idx, count, data) VALUES (?, ?, ?)", int64(first), int64(len(entries)), data); err != nil {
 		return fmt.Errorf("ledger: write entries [%d, %d): %w", first, first+uint64(len(entries)), err)

@@ -216,6 +216,12 @@ func ShortID(id string) string {
 	return id
 }
 
+// envelopeOverhead is room for an envelope's fields other than the body,
+// so that the buffer is not grown and copied: their names and a gateway
+// event's values (SPIFFE actor, ids, previous hash, time) come to 250–350
+// bytes.
+const envelopeOverhead = 384
+
 // envelope writes the canonical (RFC 8785) bytes of e whose Body is
 // already canonical: members in the sorted order JCS gives them, strings
 // with JCS's minimal escaping. It reports false, and the caller takes the
@@ -225,7 +231,7 @@ func (e *Event) envelope() ([]byte, bool) {
 	if e.Seq < 0 || e.Seq > 1<<53 {
 		return nil, false
 	}
-	b := make([]byte, 0, 256+len(e.Body))
+	b := make([]byte, 0, envelopeOverhead+len(e.Body))
 	str := func(key, v string) bool {
 		b = append(b, ',', '"')
 		b = append(b, key...)
