@@ -181,6 +181,9 @@ func TestBothSystems(t *testing.T) {
 		if r.ServerCPU <= 0 || r.ClientCPU <= 0 || r.ServerCPU > 2*r.Elapsed+time.Second || r.ClientCPU > 2*r.Elapsed+time.Second {
 			t.Errorf("%s: implausible CPU times: server %v, clients %v over %v", s, r.ServerCPU, r.ClientCPU, r.Elapsed)
 		}
+		if r.ServerPeakRSS < 1<<20 {
+			t.Errorf("%s: server peak RSS %d bytes", s, r.ServerPeakRSS)
+		}
 		var n uint64
 		for i, l := range r.ByInput {
 			if l.N == 0 {

@@ -198,6 +198,9 @@ type Result struct {
 	// the clients, used from the start of the timed phase to its end.
 	ServerCPU time.Duration
 	ClientCPU time.Duration
+	// ServerPeakRSS is the server process's peak resident set size
+	// (VmHWM) at the end of the timed phase, in bytes.
+	ServerPeakRSS uint64
 }
 
 // perDecision returns d divided over the decisions, in microseconds.
@@ -279,7 +282,7 @@ func printTable(w io.Writer, results []*Result) {
 // upper bound, not a measurement (the harness's clients share the cores).
 func printCPU(w io.Writer, results []*Result) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "CPU per decision\tserver µs\tclients µs\tboth µs\tcores busy\t2-core bound, server only\t")
+	fmt.Fprintln(tw, "CPU per decision\tserver µs\tclients µs\tboth µs\tcores busy\t2-core bound, server only\tserver peak RSS\t")
 	for _, r := range results {
 		srv, cl := r.perDecision(r.ServerCPU), r.perDecision(r.ClientCPU)
 		busy := 0.0
@@ -290,7 +293,7 @@ func printCPU(w io.Writer, results []*Result) {
 		if srv > 0 {
 			bound = 2e6 / srv
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.0f\t%.2f\t%.0f/s\t\n", r.System, srv, cl, srv+cl, busy, bound)
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.0f\t%.2f\t%.0f/s\t%.0f MiB\t\n", r.System, srv, cl, srv+cl, busy, bound, float64(r.ServerPeakRSS)/(1<<20))
 	}
 	if len(results) == 2 {
 		a, b := results[0], results[1]
@@ -300,7 +303,7 @@ func printCPU(w io.Writer, results []*Result) {
 			}
 			return a.perDecision(x) / b.perDecision(y)
 		}
-		fmt.Fprintf(tw, "%s/%s\t%.2f×\t%.2f×\t%.2f×\t\t\t\n", a.System, b.System, ratio(a.ServerCPU, b.ServerCPU),
+		fmt.Fprintf(tw, "%s/%s\t%.2f×\t%.2f×\t%.2f×\t\t\t\t\n", a.System, b.System, ratio(a.ServerCPU, b.ServerCPU),
 			ratio(a.ClientCPU, b.ClientCPU), ratio(a.ServerCPU+a.ClientCPU, b.ServerCPU+b.ClientCPU))
 	}
 	tw.Flush()
@@ -364,10 +367,14 @@ func drive(ctx context.Context, server, clients int, d time.Duration, decide fun
 	if err != nil {
 		return nil, err
 	}
+	_, peak, err := measure.ProcStatusOf(server)
+	if err != nil {
+		return nil, err
+	}
 	if err := context.Cause(ctx); err != nil {
 		return nil, err
 	}
-	r := &Result{ByInput: make([]Latency, n), ServerCPU: server1 - server0, ClientCPU: self1 - self0}
+	r := &Result{ByInput: make([]Latency, n), ServerCPU: server1 - server0, ClientCPU: self1 - self0, ServerPeakRSS: peak}
 	overall := measure.NewHistogram()
 	for i := range n {
 		h := measure.NewHistogram()

@@ -115,6 +115,12 @@ func TestProcStatusAndHeap(t *testing.T) {
 	if rss == 0 || peak < rss {
 		t.Fatalf("VmRSS %d, VmHWM %d: want 0 < RSS <= peak", rss, peak)
 	}
+	if _, peakOf, err := ProcStatusOf(os.Getpid()); err != nil || peakOf < peak {
+		t.Fatalf("ProcStatusOf(self) peak %d, %v; ProcStatus peak %d", peakOf, err, peak)
+	}
+	if _, _, err := ProcStatusOf(-1); err == nil {
+		t.Fatal("ProcStatusOf(-1) gave no error")
+	}
 	before := HeapBytes()
 	keep := make([][]byte, 0, 64)
 	p := StartPeakSampler(time.Millisecond)

@@ -29,7 +29,16 @@ func HeapBytes() uint64 {
 // ProcStatus returns the current resident set size (VmRSS) and its peak
 // since the process started (VmHWM), in bytes, from /proc/self/status.
 func ProcStatus() (rss, peak uint64, err error) {
-	b, err := os.ReadFile("/proc/self/status")
+	return procStatus("/proc/self/status")
+}
+
+// ProcStatusOf is ProcStatus of process pid.
+func ProcStatusOf(pid int) (rss, peak uint64, err error) {
+	return procStatus("/proc/" + strconv.Itoa(pid) + "/status")
+}
+
+func procStatus(path string) (rss, peak uint64, err error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return 0, 0, fmt.Errorf("measure: read process status: %w", err)
 	}
@@ -47,7 +56,7 @@ func ProcStatus() (rss, peak uint64, err error) {
 		}
 	}
 	if rss == 0 || peak == 0 {
-		return 0, 0, fmt.Errorf("measure: /proc/self/status has no VmRSS or VmHWM line")
+		return 0, 0, fmt.Errorf("measure: %s has no VmRSS or VmHWM line", path)
 	}
 	return rss, peak, nil
 }
