@@ -168,9 +168,9 @@ func (s *Service) closeOne(ctx context.Context, le *liveExec) {
 	if le.terminal != "" {
 		return
 	}
-	detail := fmt.Sprintf("no renewal since the lease expired at %s; the enforcer must have killed it or died", action.FormatTime(le.lease))
-	if !le.started {
-		detail = fmt.Sprintf("never started; its lease expired at %s", action.FormatTime(le.lease))
+	detail := fmt.Sprintf("never started; its lease expired at %s", action.FormatTime(le.lease))
+	if le.started {
+		detail = fmt.Sprintf("no renewal since the lease expired at %s; the enforcer must have killed it or died", action.FormatTime(le.lease))
 	}
 	if _, err := s.recordAs(ctx, le, lineage.TypeInterrupt, s.g.cfg.Issuer, lineage.InterruptBody{Reason: "lease_expired", Detail: detail}); err == nil {
 		le.terminal = "interrupted: lease_expired"

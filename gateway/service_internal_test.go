@@ -12,23 +12,32 @@ import (
 	"github.com/etbproject/etb/lineage"
 )
 
+// clockedService opens a gateway on a clock the test moves (advance) and
+// its service; the gateway is closed when the test ends.
+func clockedService(t *testing.T) (s *Service, g *Gateway, clock func() time.Time, advance func(time.Duration)) {
+	t.Helper()
+	var mu sync.Mutex
+	now := time.Now()
+	clock = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance = func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	g, err := Open(context.Background(), t.TempDir(), Options{Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Close() })
+	s, err = NewService(context.Background(), g, ServiceOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, g, clock, advance
+}
+
 // An execution whose lease expired long ago is dropped from memory, and a
 // later request rebuilds it from the ledger chain: the next event links to
 // the last recorded one.
 func TestSweepDropsStaleAndRebuildsFromLedger(t *testing.T) {
 	ctx := context.Background()
-	var mu sync.Mutex
-	now := time.Now()
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	g, err := Open(ctx, t.TempDir(), Options{Now: clock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.Close()
-	s, err := NewService(ctx, g, ServiceOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, g, clock, advance := clockedService(t)
 	ex, err := g.begin(ctx, echoAction(t, "sweep"), beginOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -47,11 +56,6 @@ func TestSweepDropsStaleAndRebuildsFromLedger(t *testing.T) {
 	}
 	if _, ok := s.live[ex.ID]; !ok {
 		t.Fatal("fresh execution dropped")
-	}
-	advance := func(d time.Duration) {
-		mu.Lock()
-		now = now.Add(d)
-		mu.Unlock()
 	}
 	advance(2 * staleAfter)
 	if stale := s.maybeSweep(); len(stale) != 1 || stale[0] != le {
@@ -92,19 +96,7 @@ func TestSweepDropsStaleAndRebuildsFromLedger(t *testing.T) {
 // started one is still given staleAfter to report its own end.
 func TestSweepClosesNeverStartedAtLeaseExpiry(t *testing.T) {
 	ctx := context.Background()
-	var mu sync.Mutex
-	now := time.Now()
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
-	g, err := Open(ctx, t.TempDir(), Options{Now: clock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.Close()
-	s, err := NewService(ctx, g, ServiceOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, g, clock, advance := clockedService(t)
 	var les []*liveExec
 	for _, name := range []string{"idle", "running"} {
 		ex, err := g.begin(ctx, echoAction(t, name), beginOptions{})
@@ -165,18 +157,7 @@ func TestSweepClosesNeverStartedAtLeaseExpiry(t *testing.T) {
 // fewer than the executions.
 func TestCloseStaleSharesCommits(t *testing.T) {
 	ctx := context.Background()
-	var mu sync.Mutex
-	now := time.Now()
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	g, err := Open(ctx, t.TempDir(), Options{Now: clock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.Close()
-	s, err := NewService(ctx, g, ServiceOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, g, clock, advance := clockedService(t)
 	const n = 96
 	for i := range n {
 		ex, err := g.begin(ctx, echoAction(t, fmt.Sprint("idle-", i)), beginOptions{})
@@ -185,9 +166,7 @@ func TestCloseStaleSharesCommits(t *testing.T) {
 		}
 		s.register(ctx, ex, "").lease = clock().Add(time.Second)
 	}
-	mu.Lock()
-	now = now.Add(2 * time.Second)
-	mu.Unlock()
+	advance(2 * time.Second)
 	stale := s.maybeSweep()
 	if len(stale) != n {
 		t.Fatalf("swept %d of %d never-started permits", len(stale), n)

@@ -22,6 +22,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/etbproject/etb/action"
 	"github.com/etbproject/etb/client"
 	"github.com/etbproject/etb/enforce"
 	"github.com/etbproject/etb/gateway"
@@ -475,18 +476,21 @@ func TestServiceGatewayDiesLeaseExpires(t *testing.T) {
 	}
 }
 
+// permitted decides spec for c and fails the test unless it is permitted.
+func permitted(t testing.TB, c *client.Client, spec action.Spec) *client.Authorization {
+	t.Helper()
+	auth, err := c.Decide(context.Background(), spec, client.Task{})
+	if err != nil || !auth.Permitted() {
+		t.Fatalf("decide %s: %+v %v", spec.Name, auth, err)
+	}
+	return auth
+}
+
 func TestServiceRenewalReevaluatesPolicy(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t, t.TempDir(), 0)
 	c := e.client("/agent/a")
-	spec, err := enforce.DescribeExec([]string{"echo", "x"}, os.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	auth, err := c.Decide(ctx, spec, client.Task{})
-	if err != nil || !auth.Permitted() {
-		t.Fatalf("%+v %v", auth, err)
-	}
+	auth := permitted(t, c, execSpec(t, "echo", "x"))
 	if _, err := c.Renew(ctx, auth.Execution); err != nil {
 		t.Fatal(err)
 	}
@@ -512,14 +516,7 @@ func TestServiceNeverStartedLeaseExpires(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t, t.TempDir(), 200*time.Millisecond)
 	c := e.client("/agent/a")
-	spec, err := enforce.DescribeExec([]string{"echo", "x"}, os.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	auth, err := c.Decide(ctx, spec, client.Task{})
-	if err != nil || !auth.Permitted() {
-		t.Fatalf("%+v %v", auth, err)
-	}
+	auth := permitted(t, c, execSpec(t, "echo", "x"))
 	if _, err := c.Renew(ctx, auth.Execution); err != nil {
 		t.Fatalf("renewal within the lease: %v", err)
 	}
