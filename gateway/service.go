@@ -69,7 +69,9 @@ type ServiceOptions struct {
 // execution left unrenewed for a minute past its lease is closed by the
 // gateway with an interrupt (reason lease_expired), so that one whose
 // enforcer vanished still ends in the record; a permit never started is
-// closed so once its lease has expired (it can no longer start).
+// closed so once its lease has expired (it can no longer start). Sweep
+// runs that every 10 s, and closes a previous run's unstarted permits once
+// their grants have expired; `etb serve` runs it.
 type Service struct {
 	g       *Gateway
 	opt     ServiceOptions
@@ -84,6 +86,10 @@ type Service struct {
 	revocations []revocation // recent revocation requests, newest last
 	tickets     map[string]*ticket
 	lastSweep   time.Time
+	// before is the rowid of the last execution indexed when the service
+	// started: the permits up to it that never started are a previous
+	// run's (see Sweep).
+	before int64
 
 	metrics metrics
 }
@@ -122,6 +128,9 @@ func NewService(ctx context.Context, g *Gateway, opt ServiceOptions) (*Service, 
 	}
 	if err := s.loadRecentRevocations(ctx); err != nil {
 		return nil, err
+	}
+	if err := g.db.QueryRowContext(ctx, `SELECT coalesce(max(rowid), 0) FROM etb_executions`).Scan(&s.before); err != nil {
+		return nil, fmt.Errorf("gateway: read the last execution: %w", err)
 	}
 	s.routes()
 	return s, nil

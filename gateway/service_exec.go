@@ -132,50 +132,156 @@ func (s *Service) maybeSweep() []*liveExec {
 // gateway) for each swept execution that has no terminal event yet, so
 // that an execution whose enforcer vanished still ends in the record. An
 // enforcer's own later report of the end is then refused as a duplicate.
+// It returns what could not be recorded.
 //
 // The interruptions are recorded closeStaleWorkers at a time, so that the
 // sequencer commits them in shared batches: one at a time, each waited a
 // whole commit, and a gateway deciding faster than that (1,600 permits a
 // second that are never started, in the benchmark harness) swept more
 // every sweepEvery than it could close, holding them all in memory.
-func (s *Service) closeStale(ctx context.Context, stale []*liveExec) {
-	var wg sync.WaitGroup
-	next := make(chan *liveExec)
-	for range min(closeStaleWorkers, len(stale)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for le := range next {
-				s.closeOne(ctx, le)
-			}
-		}()
-	}
-	for _, le := range stale {
-		next <- le
-	}
-	close(next)
-	wg.Wait()
+func (s *Service) closeStale(ctx context.Context, stale []*liveExec) error {
+	return inParallel(stale, func(le *liveExec) error { return s.closeOne(ctx, le, "") })
 }
 
 // closeStaleWorkers is how many interruptions closeStale records at once.
 const closeStaleWorkers = 32
 
-// closeOne records the gateway's interruption of a swept execution that
-// has no terminal event yet.
-func (s *Service) closeOne(ctx context.Context, le *liveExec) {
+// inParallel runs f on each of items, closeStaleWorkers at a time, and
+// joins their errors.
+func inParallel[T any](items []T, f func(T) error) error {
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	next := make(chan T)
+	for range min(closeStaleWorkers, len(items)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for it := range next {
+				if err := f(it); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for _, it := range items {
+		next <- it
+	}
+	close(next)
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// closeOne records the gateway's interruption (lease_expired) of an
+// execution that has no terminal event yet, with detail, or one that says
+// why when detail is empty.
+func (s *Service) closeOne(ctx context.Context, le *liveExec, detail string) error {
 	le.mu.Lock()
 	defer le.mu.Unlock()
+	return s.closeLocked(ctx, le, detail)
+}
+
+// closeLocked is closeOne for a caller holding le.mu.
+func (s *Service) closeLocked(ctx context.Context, le *liveExec, detail string) error {
 	if le.terminal != "" {
-		return
+		return nil
 	}
-	detail := fmt.Sprintf("never started; its lease expired at %s", action.FormatTime(le.lease))
-	if le.started {
-		detail = fmt.Sprintf("no renewal since the lease expired at %s; the enforcer must have killed it or died", action.FormatTime(le.lease))
+	if detail == "" {
+		detail = fmt.Sprintf("never started; its lease expired at %s", action.FormatTime(le.lease))
+		if le.started {
+			detail = fmt.Sprintf("no renewal since the lease expired at %s; the enforcer must have killed it or died", action.FormatTime(le.lease))
+		}
 	}
-	if _, err := s.recordAs(ctx, le, lineage.TypeInterrupt, s.g.cfg.Issuer, lineage.InterruptBody{Reason: "lease_expired", Detail: detail}); err == nil {
-		le.terminal = "interrupted: lease_expired"
-		le.notify(watchMsg{Event: "ended", Reason: "lease_expired"})
+	if _, err := s.recordAs(ctx, le, lineage.TypeInterrupt, s.g.cfg.Issuer, lineage.InterruptBody{Reason: "lease_expired", Detail: detail}); err != nil {
+		return fmt.Errorf("gateway: close execution %s: %w", le.ex.ID, err)
 	}
+	le.terminal = "interrupted: lease_expired"
+	le.notify(watchMsg{Event: "ended", Reason: "lease_expired"})
+	return nil
+}
+
+// Sweep closes what no enforcer will, until ctx ends: every sweepEvery,
+// what maybeSweep finds, whether or not intents arrive (an intent also
+// sweeps); and the permits decided before the service started (by a
+// previous run, or an embedded one sharing the home) that never started
+// and whose grant has expired, so that they can never start: once at
+// once, and once more when the grants of the last of them have expired.
+// Without it they stayed open in the record, and candidates of every
+// revocation, for ever. failed, if not nil, receives what could not be
+// recorded.
+func (s *Service) Sweep(ctx context.Context, failed func(error)) {
+	report := func(err error) {
+		if err != nil && failed != nil && ctx.Err() == nil {
+			failed(err)
+		}
+	}
+	report(s.closeExpiredPermits(ctx))
+	again := time.NewTimer(s.g.cfg.GrantTTL.D() + s.g.cfg.ClockSkew.D() + time.Second)
+	defer again.Stop()
+	t := time.NewTicker(sweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-again.C:
+			report(s.closeExpiredPermits(ctx))
+		case <-t.C:
+			if stale := s.maybeSweep(); len(stale) > 0 {
+				report(s.closeStale(ctx, stale))
+			}
+		}
+	}
+}
+
+// closeExpiredPermits closes the permits indexed before the service
+// started (rowid up to s.before) that never started and whose grant has
+// expired (beyond the clock skew), and drops them from memory.
+func (s *Service) closeExpiredPermits(ctx context.Context) error {
+	skew := s.g.cfg.ClockSkew.D()
+	// A grant expires GrantTTL after its intent's time, or sooner: only
+	// intents older than that can have an expired grant.
+	cutoff := s.now().Add(-s.g.cfg.GrantTTL.D() - skew)
+	rows, err := s.g.db.QueryContext(ctx, `SELECT id FROM etb_executions
+		WHERE rowid <= ? AND decision = 'permit' AND outcome = '' AND kind != ? AND time < ?`,
+		s.before, KindDelegate, action.FormatTime(cutoff))
+	if err != nil {
+		return fmt.Errorf("gateway: find expired permits: %w", err)
+	}
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return err
+		}
+		ids = append(ids, id)
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return fmt.Errorf("gateway: find expired permits: %w", err)
+	}
+	return inParallel(ids, func(id string) error {
+		le, err := s.lookup(ctx, id)
+		if err != nil {
+			return err
+		}
+		le.mu.Lock()
+		if le.started || le.ex.Claims == nil || s.now().Before(time.Unix(le.ex.Claims.Expiry, 0).Add(skew)) {
+			le.mu.Unlock()
+			return nil // started, or still usable
+		}
+		err = s.closeLocked(ctx, le, fmt.Sprintf("never started; its grant expired at %s", action.FormatTime(time.Unix(le.ex.Claims.Expiry, 0))))
+		le.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		s.forget(id)
+		return nil
+	})
 }
 
 // forget drops an ended execution from memory.

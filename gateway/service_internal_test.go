@@ -185,3 +185,85 @@ func TestCloseStaleSharesCommits(t *testing.T) {
 	}
 	t.Logf("%d interruptions in %d commits", entries, batches)
 }
+
+// The permits of a previous run that never started are closed once their
+// grants have expired, by the next run's Sweep (at once, and again after a
+// grant's lifetime): not the ones still usable, not a started one, not one
+// of the new run, and Sweep returns when its context ends.
+func TestSweepClosesExpiredPermitsOfAPreviousRun(t *testing.T) {
+	ctx := context.Background()
+	prev, g, clock, advance := clockedService(t)
+	begin := func(s *Service, name string) *liveExec {
+		ex, err := g.begin(ctx, echoAction(t, name), beginOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		le := s.register(ctx, ex, "")
+		le.lease = clock().Add(time.Second)
+		return le
+	}
+	idle, running := begin(prev, "idle"), begin(prev, "running")
+	running.mu.Lock()
+	if _, err := prev.recordAs(ctx, running, lineage.TypeStart, "spiffe://etb.local/enforcer/x", lineage.StartBody{PID: 1, GrantJTI: running.ex.Claims.ID}); err != nil {
+		t.Fatal(err)
+	}
+	running.started = true
+	running.mu.Unlock()
+
+	// The next run of the service, on the same home.
+	s, err := NewService(ctx, g, ServiceOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh := begin(s, "fresh")
+	last := func(id string) string {
+		events, _, err := g.Events(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := events[len(events)-1]
+		return e.Type + " " + string(e.Body)
+	}
+	// Within the grants' lifetime nothing is closed: the idle permit's
+	// grant could still be presented.
+	if err := s.closeExpiredPermits(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := last(idle.ex.ID); !strings.HasPrefix(got, lineage.TypeGrant) {
+		t.Fatalf("the previous run's idle permit within its grant's lifetime ends with %s", got)
+	}
+	advance(g.cfg.GrantTTL.D() + g.cfg.ClockSkew.D() + time.Second)
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	var failures []error
+	go func() { defer close(done); s.Sweep(sctx, func(err error) { failures = append(failures, err) }) }()
+	for deadline := time.Now().Add(10 * time.Second); !strings.HasPrefix(last(idle.ex.ID), lineage.TypeInterrupt); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the previous run's expired permit was not closed: %s", last(idle.ex.ID))
+		}
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Sweep did not return when its context ended")
+	}
+	if len(failures) != 0 {
+		t.Fatalf("sweep failures: %v", failures)
+	}
+	if got := last(idle.ex.ID); !strings.Contains(got, "lease_expired") || !strings.Contains(got, "never started; its grant expired at") {
+		t.Fatalf("the expired permit ends with %s", got)
+	}
+	if got := last(running.ex.ID); !strings.HasPrefix(got, lineage.TypeStart) {
+		t.Fatalf("the started execution ends with %s", got)
+	}
+	if got := last(fresh.ex.ID); !strings.HasPrefix(got, lineage.TypeGrant) {
+		t.Fatalf("the new run's permit ends with %s", got)
+	}
+	s.mu.Lock()
+	_, kept := s.live[idle.ex.ID]
+	s.mu.Unlock()
+	if kept {
+		t.Fatal("the closed permit is still in memory")
+	}
+}

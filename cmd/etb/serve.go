@@ -88,6 +88,15 @@ never waits for them; publication retries and catches up.`,
 			mux.Handle("/log/", http.StripPrefix("/log", ledger.NewHandler(gw.Log())))
 			mux.Handle("/", svc)
 			errLog := log.New(cmd.ErrOrStderr(), "etb serve: ", log.LstdFlags)
+			// The sweep ends before the gateway closes (defers run last
+			// first).
+			sweepCtx, stopSweep := context.WithCancel(ctx)
+			swept := make(chan struct{})
+			go func() {
+				defer close(swept)
+				svc.Sweep(sweepCtx, func(err error) { errLog.Printf("sweep: %v", err) })
+			}()
+			defer func() { stopSweep(); <-swept }()
 			out := cmd.OutOrStdout()
 
 			var servers []*http.Server
