@@ -322,11 +322,7 @@ func drive(ctx context.Context, server, clients int, d time.Duration, decide fun
 		last time.Duration        // since start, of the last answer
 	}
 	tallies := make([]*tally, clients)
-	server0, err := measure.ProcessCPU(server)
-	if err != nil {
-		return nil, err
-	}
-	self0, err := measure.SelfCPU()
+	server0, self0, err := cpuTimes(server)
 	if err != nil {
 		return nil, err
 	}
@@ -359,11 +355,7 @@ func drive(ctx context.Context, server, clients int, d time.Duration, decide fun
 		}()
 	}
 	wg.Wait()
-	server1, err := measure.ProcessCPU(server)
-	if err != nil {
-		return nil, err
-	}
-	self1, err := measure.SelfCPU()
+	server1, self1, err := cpuTimes(server)
 	if err != nil {
 		return nil, err
 	}
@@ -393,6 +385,18 @@ func drive(ctx context.Context, server, clients int, d time.Duration, decide fun
 		return nil, errors.New("no decision was answered in the timed phase")
 	}
 	return r, nil
+}
+
+// cpuTimes returns the CPU time process server and this process have
+// used so far.
+func cpuTimes(server int) (srv, self time.Duration, err error) {
+	if srv, err = measure.ProcessCPU(server); err != nil {
+		return 0, 0, err
+	}
+	if self, err = measure.SelfCPU(); err != nil {
+		return 0, 0, err
+	}
+	return srv, self, nil
 }
 
 // precheck has every client decide every input once, before timing, and
