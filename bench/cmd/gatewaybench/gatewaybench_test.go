@@ -25,7 +25,7 @@ func testConfig(t *testing.T) *config {
 
 func TestConfigArgsRoundTrip(t *testing.T) {
 	c := testConfig(t)
-	c.Clients, c.Duration, c.Systems, c.OPA, c.Etb, c.Verbose, c.CPUProfile = 3, 1500*time.Millisecond, "opa", "/x/opa", "/x/etb", true, "/x/prof"
+	c.Clients, c.Duration, c.Systems, c.OPA, c.Etb, c.Verbose, c.CPUProfile, c.Rounds = 3, 1500*time.Millisecond, "opa", "/x/opa", "/x/etb", true, "/x/prof", 3
 	var back config
 	fs := flag.NewFlagSet("child", flag.ContinueOnError)
 	back.flags(fs)
@@ -48,6 +48,8 @@ func TestConfigCheck(t *testing.T) {
 		{"too many clients", func(c *config) { c.Clients = 4097 }, "-clients"},
 		{"no duration", func(c *config) { c.Duration = 0 }, "-duration"},
 		{"unknown system", func(c *config) { c.Systems = "etb,cedar" }, `"cedar"`},
+		{"no rounds", func(c *config) { c.Rounds = 0 }, "-rounds"},
+		{"too many rounds", func(c *config) { c.Rounds = 101 }, "-rounds"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := testConfig(t)
@@ -259,5 +261,38 @@ func TestOPADisagreementIsCaught(t *testing.T) {
 	_, err = precheck(ctx, len(clients), func(ctx context.Context, c, in int) (*outcome, error) { return clients[c].decide(ctx, sp[in]) })
 	if err == nil || !strings.Contains(err.Error(), "rm -rf") {
 		t.Fatalf("precheck of a disagreeing OPA = %v, want a refusal naming rm -rf", err)
+	}
+}
+
+// printRounds prints each round's ratios of etb to OPA, throughput and CPU
+// per decision, and their medians.
+func TestPrintRounds(t *testing.T) {
+	result := func(system string, decisions uint64, cpu time.Duration) *Result {
+		return &Result{System: system, Decisions: decisions, Elapsed: time.Second, ServerCPU: cpu, ClientCPU: cpu}
+	}
+	rounds := [][]*Result{
+		{result("etb", 4000, time.Second), result("opa", 5000, time.Second)},          // 0.80×, CPU 1.25×
+		{result("etb", 6000, time.Second), result("opa", 5000, time.Second)},          // 1.20×, CPU 0.83×
+		{result("etb", 4500, time.Second), result("opa", 5000, 900*time.Millisecond)}, // 0.90×, CPU 1.23×
+	}
+	var out bytes.Buffer
+	printRounds(&out, rounds)
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 5 {
+		t.Fatalf("%d lines, want a header, three rounds and the median:\n%s", len(lines), out.String())
+	}
+	if f := strings.Fields(lines[4]); len(f) != 3 || f[0] != "median" || f[1] != "0.90×" || f[2] != "1.23×" {
+		t.Fatalf("median line %q, want 0.90× and 1.23×", lines[4])
+	}
+	if f := strings.Fields(lines[2]); len(f) != 5 || f[3] != "1.20×" || f[4] != "0.83×" {
+		t.Fatalf("round 2 line %q", lines[2])
+	}
+	for _, tc := range []struct {
+		xs   []float64
+		want float64
+	}{{nil, 0}, {[]float64{3}, 3}, {[]float64{4, 1, 2}, 2}, {[]float64{4, 1, 3, 2}, 2.5}} {
+		if got := median(tc.xs); got != tc.want {
+			t.Errorf("median(%v) = %v, want %v", tc.xs, got, tc.want)
+		}
 	}
 }

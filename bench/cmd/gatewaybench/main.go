@@ -2,7 +2,7 @@
 // service (what `etb serve` runs) against Open Policy Agent's server (`opa
 // run --server`), side by side, with the same clients, inputs and duration.
 //
-//	go run ./cmd/gatewaybench -clients 64 -duration 20s
+//	go run ./cmd/gatewaybench -clients 64 -duration 20s [-rounds 3]
 //
 // Each system's clients run in their own child process, one system after
 // the other, so that they do not share the cores; each server is a process
@@ -28,7 +28,10 @@
 // client sends every input once and the answer must equal the expected
 // decision, rules and timeout; during timing every answer's decision is
 // checked. Any disagreement or error aborts the run. The printed table has
-// decisions per second, p50 and p99 latency per system and the ratio etb/OPA.
+// decisions per second, p50 and p99 latency per system and the ratio etb/OPA,
+// and each system's CPU time per decision. With -rounds N, the systems are
+// measured in turn N times (a slow spell of a shared machine then falls on
+// both) and the rounds' ratios and their medians are printed last.
 package main
 
 import (
@@ -59,6 +62,10 @@ type config struct {
 	OPA      string // path of the opa binary
 	Etb      string // path of the etb binary
 	Verbose  bool
+	// Rounds is how many times the systems are measured in turn (etb, OPA,
+	// etb, OPA, ...), so that a slow spell of this shared machine falls on
+	// both: each round's ratio is printed, then their median.
+	Rounds int
 	// CPUProfile, if set, is where each child writes a CPU profile of its
 	// run, plus ".<system>".
 	CPUProfile string
@@ -71,6 +78,7 @@ func (c *config) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.OPA, "opa", "", "path of the opa binary (default: built with go install into the user cache directory)")
 	fs.StringVar(&c.Etb, "etb", "", "path of the etb binary (default: built from this repository into a temporary directory)")
 	fs.BoolVar(&c.Verbose, "v", false, "show the children's logs")
+	fs.IntVar(&c.Rounds, "rounds", 1, "measure the systems in turn this many times and print each round and the median ratios")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of each system's child process (its clients) to this path plus \".<system>\", and etb serve's to this path plus \".etb-serve\" (OPA's server is not profiled)")
 }
 
@@ -83,6 +91,7 @@ func (c *config) args() []string {
 		fmt.Sprintf("-opa=%s", c.OPA),
 		fmt.Sprintf("-etb=%s", c.Etb),
 		fmt.Sprintf("-v=%t", c.Verbose),
+		fmt.Sprintf("-rounds=%d", c.Rounds),
 		fmt.Sprintf("-cpuprofile=%s", c.CPUProfile),
 	}
 }
@@ -93,6 +102,8 @@ func (c *config) check() error {
 		return fmt.Errorf("-clients %d: want 1..4096", c.Clients)
 	case c.Duration <= 0:
 		return fmt.Errorf("-duration %s: want > 0", c.Duration)
+	case c.Rounds < 1 || c.Rounds > 100:
+		return fmt.Errorf("-rounds %d: want 1..100", c.Rounds)
 	}
 	return sidebyside.CheckSystems(c.Systems, slices.Sorted(maps.Keys(runners))...)
 }
@@ -159,17 +170,63 @@ func runParent(ctx context.Context, c *config, out io.Writer) error {
 		}
 		c.Etb = path
 	}
-	results, err := sidebyside.Each[Result](ctx, "gatewaybench", c.Systems, c.args(), c.Verbose)
-	if err != nil {
-		return err
+	var rounds [][]*Result
+	for round := 1; round <= c.Rounds; round++ {
+		results, err := sidebyside.Each[Result](ctx, "gatewaybench", c.Systems, c.args(), c.Verbose)
+		if err != nil {
+			return err
+		}
+		if err := agree(results); err != nil {
+			return err
+		}
+		if c.Rounds > 1 {
+			fmt.Fprintf(out, "round %d of %d: ", round, c.Rounds)
+		}
+		fmt.Fprintf(out, "gatewaybench: %d clients, %s per system; GOMAXPROCS=%d, NumCPU=%d, %s\n",
+			c.Clients, c.Duration, runtime.GOMAXPROCS(0), runtime.NumCPU(), runtime.Version())
+		printTable(out, results)
+		fmt.Fprintln(out)
+		rounds = append(rounds, results)
 	}
-	if err := agree(results); err != nil {
-		return err
+	if c.Rounds > 1 {
+		printRounds(out, rounds)
 	}
-	fmt.Fprintf(out, "gatewaybench: %d clients, %s per system; GOMAXPROCS=%d, NumCPU=%d, %s\n",
-		c.Clients, c.Duration, runtime.GOMAXPROCS(0), runtime.NumCPU(), runtime.Version())
-	printTable(out, results)
 	return nil
+}
+
+// printRounds prints, when two systems ran, each round's ratios of the
+// first to the second (decisions/s, and CPU per decision of server and
+// clients together) and their medians.
+func printRounds(w io.Writer, rounds [][]*Result) {
+	if len(rounds) == 0 || len(rounds[0]) != 2 {
+		return
+	}
+	a, b := rounds[0][0].System, rounds[0][1].System
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "round\t%s/s\t%s/s\t%s/%s decisions/s\t%s/%s CPU per decision\t\n", a, b, a, b, a, b)
+	var rates, cpus []float64
+	for i, r := range rounds {
+		x, y := r[0], r[1]
+		rate := x.Rate() / y.Rate()
+		cpu := x.perDecision(x.ServerCPU+x.ClientCPU) / y.perDecision(y.ServerCPU+y.ClientCPU)
+		rates, cpus = append(rates, rate), append(cpus, cpu)
+		fmt.Fprintf(tw, "%d\t%.0f\t%.0f\t%.2f×\t%.2f×\t\n", i+1, x.Rate(), y.Rate(), rate, cpu)
+	}
+	fmt.Fprintf(tw, "median\t\t\t%.2f×\t%.2f×\t\n", median(rates), median(cpus))
+	tw.Flush()
+}
+
+// median returns the median of xs (the mean of the middle two for an even
+// count); xs is sorted in place.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	slices.Sort(xs)
+	if n := len(xs); n%2 == 0 {
+		return (xs[n/2-1] + xs[n/2]) / 2
+	}
+	return xs[len(xs)/2]
 }
 
 // Latency summarises a latency histogram.
