@@ -121,7 +121,19 @@ func sessionWith(t *testing.T, home, pol string, copt *sdk.ClientOptions, upstre
 	t.Helper()
 	args := append([]string{"--home", home, "mcp", "--policy", pol, "--"}, upstream...)
 	cmd := exec.Command(etbBin, args...)
-	cmd.Stderr = testWriter{t}
+	stderr := &quietingWriter{t: t}
+	cmd.Stderr = stderr
+	// Cleanups run last registered first: etb's log stops reaching the
+	// test's only after the goroutine dump below had its second.
+	t.Cleanup(stderr.quiet)
+	t.Cleanup(func() {
+		// A test that failed while etb still ran gets etb's goroutines in
+		// its log (SIGQUIT: the Go runtime prints them to standard error
+		// and exits), to show where a call hung.
+		if t.Failed() && cmd.Process != nil && cmd.Process.Signal(syscall.SIGQUIT) == nil {
+			time.Sleep(time.Second)
+		}
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	c := sdk.NewClient(&sdk.Implementation{Name: "etb-test-client", Version: "1"}, copt)
@@ -130,6 +142,29 @@ func sessionWith(t *testing.T, home, pol string, copt *sdk.ClientOptions, upstre
 		t.Fatalf("connect to etb mcp: %v", err)
 	}
 	return cs
+}
+
+// quietingWriter is testWriter until quiet is called; then it drops what
+// it is given (a test's log must not be written after the test ends).
+type quietingWriter struct {
+	t    testing.TB
+	mu   sync.Mutex
+	done bool
+}
+
+func (w *quietingWriter) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.t.Logf("etb stderr: %s", strings.TrimRight(string(b), "\n"))
+	}
+	return len(b), nil
+}
+
+func (w *quietingWriter) quiet() {
+	w.mu.Lock()
+	w.done = true
+	w.mu.Unlock()
 }
 
 type testWriter struct{ t testing.TB }
