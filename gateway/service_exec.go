@@ -134,7 +134,7 @@ func (s *Service) maybeSweep() []*liveExec {
 // enforcer's own later report of the end is then refused as a duplicate.
 // It returns what could not be recorded.
 //
-// The interruptions are recorded closeStaleWorkers at a time, so that the
+// The interruptions are recorded appendWorkers at a time, so that the
 // sequencer commits them in shared batches: one at a time, each waited a
 // whole commit, and a gateway deciding faster than that (1,600 permits a
 // second that are never started, in the benchmark harness) swept more
@@ -143,11 +143,13 @@ func (s *Service) closeStale(ctx context.Context, stale []*liveExec) error {
 	return inParallel(stale, func(le *liveExec) error { return s.closeOne(ctx, le, "") })
 }
 
-// closeStaleWorkers is how many interruptions closeStale records at once.
-const closeStaleWorkers = 32
+// appendWorkers is how many executions the service appends to at once when
+// it closes or revokes many (closeStale, closeExpiredPermits, Revoke), so
+// that their events share ledger commits.
+const appendWorkers = 32
 
-// inParallel runs f on each of items, closeStaleWorkers at a time, and
-// joins their errors.
+// inParallel runs f on each of items, appendWorkers at a time, and joins
+// their errors.
 func inParallel[T any](items []T, f func(T) error) error {
 	var (
 		wg   sync.WaitGroup
@@ -155,7 +157,7 @@ func inParallel[T any](items []T, f func(T) error) error {
 		errs []error
 	)
 	next := make(chan T)
-	for range min(closeStaleWorkers, len(items)) {
+	for range min(appendWorkers, len(items)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -269,40 +271,33 @@ func (s *Service) Revoke(ctx context.Context, actor, scope, value string) (*Revo
 		mu      sync.Mutex
 		revoked = []string{}
 		errs    []string
-		wg      sync.WaitGroup
-		sem     = make(chan struct{}, 32)
 	)
-	for id := range ids {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			le, err := s.lookup(ctx, id)
-			if err != nil {
-				return // not a permitted execution, or gone
-			}
-			if !rv.matches(le.ex) {
-				return
-			}
-			err = s.revokeOne(ctx, le, rv)
-			if le.ex.Action.Action.Kind == KindDelegate {
-				// A delegation has no lease to sweep it: its revocation is
-				// recorded, the revocation list refuses its sub-agents.
-				s.forget(id)
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case err == errNothingToRevoke:
-			case err != nil:
-				revoked = append(revoked, id)
-				errs = append(errs, err.Error())
-			default:
-				revoked = append(revoked, id)
-			}
-		}()
-	}
-	wg.Wait()
+	inParallel(slices.Collect(maps.Keys(ids)), func(id string) error {
+		le, err := s.lookup(ctx, id)
+		if err != nil {
+			return nil // not a permitted execution, or gone
+		}
+		if !rv.matches(le.ex) {
+			return nil
+		}
+		err = s.revokeOne(ctx, le, rv)
+		if le.ex.Action.Action.Kind == KindDelegate {
+			// A delegation has no lease to sweep it: its revocation is
+			// recorded, the revocation list refuses its sub-agents.
+			s.forget(id)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case err == errNothingToRevoke:
+		case err != nil:
+			revoked = append(revoked, id)
+			errs = append(errs, err.Error())
+		default:
+			revoked = append(revoked, id)
+		}
+		return nil
+	})
 	s.metrics.revocation(len(revoked))
 	resp := &RevokeResponse{Revocation: rv.ID, Revoked: revoked}
 	if len(errs) > 0 {
