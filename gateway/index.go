@@ -32,6 +32,14 @@ DROP INDEX IF EXISTS etb_executions_time;
 -- on the tail in etb_executions itself put a random page in every commit,
 -- one per decision (docs/PERFORMANCE.md); homes made before lose it here.
 DROP INDEX IF EXISTS etb_executions_tail;
+-- The open executions (permitted, not yet ended) are the candidates of
+-- every revocation and of the sweep of permits left by an earlier run. A
+-- home holds millions of executions and few open ones: without this index
+-- each revocation scanned them all, and took longer the older the home
+-- (docs/PERFORMANCE.md). An entry is added at the right edge of the index
+-- by the commit of a permit, and removed when the execution ends.
+CREATE INDEX IF NOT EXISTS etb_executions_open ON etb_executions(decision)
+	WHERE decision IN ('permit', 'require_approval') AND outcome IN ('', 'running');
 CREATE TABLE IF NOT EXISTS etb_id_tails(tail TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY(tail, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS etb_id_tails_done(one INTEGER PRIMARY KEY CHECK(one = 1), upto INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS etb_events(

@@ -2,10 +2,18 @@ package gateway
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/etbproject/etb/action"
+	"github.com/etbproject/etb/enforce"
 	"github.com/etbproject/etb/lineage"
+	"github.com/etbproject/etb/policy"
 )
 
 // An execution is found by the random end of its id (what etb log prints)
@@ -148,4 +156,132 @@ func queryPlan(t testing.TB, g *Gateway, q string, args ...any) []string {
 		t.Fatal(err)
 	}
 	return plan
+}
+
+// etb_executions_open holds the executions permitted and not yet ended, and
+// nothing else; the revocation and sweep queries reach them through it,
+// without scanning the executions (a home holds millions, few open).
+func TestOpenExecutionsIndex(t *testing.T) {
+	ctx := context.Background()
+	s, g, _, _ := clockedService(t)
+	const enforcer = "spiffe://etb.local/enforcer/x"
+	begin := func(a *action.Action) *liveExec {
+		t.Helper()
+		ex, err := g.begin(ctx, a, beginOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.register(ctx, ex, "")
+	}
+	record := func(le *liveExec, typ string, body any) {
+		t.Helper()
+		le.mu.Lock()
+		defer le.mu.Unlock()
+		if _, err := s.recordAs(ctx, le, typ, enforcer, body); err != nil {
+			t.Fatalf("record %s: %v", typ, err)
+		}
+	}
+	idle, running, ended, interrupted := begin(echoAction(t, "idle")), begin(echoAction(t, "running")), begin(echoAction(t, "ended")), begin(echoAction(t, "interrupted"))
+	rm, err := enforce.DescribeExec([]string{"rm", "-rf", "/nonexistent-etb"}, os.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	denied, err := g.begin(ctx, &action.Action{Principal: action.Principal{ID: "spiffe://etb.local/user/1000"}, Action: rm}, beginOptions{})
+	if err != nil || denied.Decision.Decision != policy.Deny {
+		t.Fatalf("rm -rf: %+v %v, want a denial", denied, err)
+	}
+	for _, le := range []*liveExec{running, ended} {
+		record(le, lineage.TypeStart, lineage.StartBody{PID: 1, GrantJTI: le.ex.Claims.ID})
+	}
+	record(ended, lineage.TypeEnd, lineage.EndBody{ExitCode: 0})
+	record(interrupted, lineage.TypeInterrupt, lineage.InterruptBody{Reason: "revoked"})
+
+	rows, err := g.db.QueryContext(ctx, revocationCandidatesQuery, KindDelegate, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var open []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		open = append(open, id)
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(open)
+	want := []string{idle.ex.ID, running.ex.ID}
+	slices.Sort(want)
+	if !slices.Equal(open, want) {
+		t.Fatalf("revocation candidates %v, want the idle and running permits %v", open, want)
+	}
+
+	for _, c := range []struct {
+		name, query string
+		args        []any
+	}{
+		{"revocationCandidates", revocationCandidatesQuery, []any{KindDelegate, ""}},
+		{"expiredPermits", expiredPermitsQuery, []any{1 << 40, KindDelegate, "9999"}},
+	} {
+		plan := queryPlan(t, g, c.query, c.args...)
+		if len(plan) != 1 || !strings.Contains(plan[0], "INDEX etb_executions_open") {
+			t.Errorf("query plan of %s does not go through etb_executions_open:\n%s", c.name, strings.Join(plan, "\n"))
+		}
+	}
+}
+
+// BenchmarkRevokeOnALargeHome measures a revocation that matches nothing
+// (an unknown agent) on a home of n ended executions and one open: the
+// time to find the candidates, which should not grow with the executions
+// that ended. Run with
+//
+//	go test ./gateway/ -run '^$' -bench RevokeOnALargeHome
+func BenchmarkRevokeOnALargeHome(b *testing.B) {
+	for _, n := range []int{10_000, 1_000_000} {
+		b.Run(fmt.Sprintf("ended=%d", n), func(b *testing.B) {
+			ctx := context.Background()
+			g, err := Open(ctx, b.TempDir(), Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer g.Close()
+			s, err := NewService(ctx, g, ServiceOptions{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ex, err := g.begin(ctx, echoAction(b, "open"), beginOptions{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			s.register(ctx, ex, "")
+			tx, err := g.db.BeginTx(ctx, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			st, err := tx.PrepareContext(ctx, `INSERT INTO etb_executions(id, time, agent, task, kind, name, args, decision, rules, outcome)
+				VALUES(?1, ?2, 'spiffe://etb.local/agent/old', ?1, 'exec', 'echo', 'echo old', 'permit', 'allow-echo', 'exit 0')`)
+			if err != nil {
+				b.Fatal(err)
+			}
+			t0 := time.Now().Add(-time.Hour)
+			for i := range n {
+				at := t0.Add(time.Duration(i) * time.Microsecond)
+				if _, err := st.ExecContext(ctx, action.NewID(at), action.FormatTime(at)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if err := tx.Commit(); err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for range b.N {
+				res, err := s.Revoke(ctx, "spiffe://etb.local/admin/bench", ScopeAgent, "spiffe://etb.local/agent/nobody")
+				if err != nil || len(res.Revoked) != 0 {
+					b.Fatalf("revoke: %+v %v", res, err)
+				}
+			}
+		})
+	}
 }

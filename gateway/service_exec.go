@@ -240,6 +240,14 @@ func (s *Service) Sweep(ctx context.Context, failed func(error)) {
 	}
 }
 
+// expiredPermitsQuery finds the permits up to rowid ?1, other than
+// delegations (kind ?2), made before ?3 and never started, through
+// etb_executions_open (whose condition the query repeats, so that SQLite
+// can use it).
+const expiredPermitsQuery = `SELECT id FROM etb_executions INDEXED BY etb_executions_open
+	WHERE decision IN ('permit', 'require_approval') AND outcome IN ('', 'running')
+	AND rowid <= ?1 AND decision = 'permit' AND outcome = '' AND kind != ?2 AND time < ?3`
+
 // closeExpiredPermits closes the permits indexed before the service
 // started (rowid up to s.before) that never started and whose grant has
 // expired (beyond the clock skew), and drops them from memory.
@@ -248,9 +256,7 @@ func (s *Service) closeExpiredPermits(ctx context.Context) error {
 	// A grant expires GrantTTL after its intent's time, or sooner: only
 	// intents older than that can have an expired grant.
 	cutoff := s.now().Add(-s.g.cfg.GrantTTL.D() - skew)
-	rows, err := s.g.db.QueryContext(ctx, `SELECT id FROM etb_executions
-		WHERE rowid <= ? AND decision = 'permit' AND outcome = '' AND kind != ? AND time < ?`,
-		s.before, KindDelegate, action.FormatTime(cutoff))
+	rows, err := s.g.db.QueryContext(ctx, expiredPermitsQuery, s.before, KindDelegate, action.FormatTime(cutoff))
 	if err != nil {
 		return fmt.Errorf("gateway: find expired permits: %w", err)
 	}

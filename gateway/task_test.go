@@ -422,7 +422,7 @@ func TestTaskIndexMigration(t *testing.T) {
 		}
 		names = append(names, n)
 	}
-	if want := []string{"etb_executions_task", "etb_tasks_children"}; !slices.Equal(names, want) {
+	if want := []string{"etb_executions_open", "etb_executions_task", "etb_tasks_children"}; !slices.Equal(names, want) {
 		t.Fatalf("indexes after opening an old home: %v, want %v", names, want)
 	}
 }
