@@ -158,6 +158,27 @@ func queryPlan(t testing.TB, g *Gateway, q string, args ...any) []string {
 	return plan
 }
 
+// queryStrings returns the one text column of query q's rows.
+func queryStrings(t testing.TB, g *Gateway, q string, args ...any) []string {
+	t.Helper()
+	rows, err := g.db.QueryContext(context.Background(), q, args...)
+	if err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+	var out []string
+	for rows.Next() {
+		var v string
+		if err := rows.Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, v)
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+	return out
+}
+
 // etb_executions_open holds the executions permitted and not yet ended, and
 // nothing else; the revocation and sweep queries reach them through it,
 // without scanning the executions (a home holds millions, few open).
@@ -196,21 +217,7 @@ func TestOpenExecutionsIndex(t *testing.T) {
 	record(ended, lineage.TypeEnd, lineage.EndBody{ExitCode: 0})
 	record(interrupted, lineage.TypeInterrupt, lineage.InterruptBody{Reason: "revoked"})
 
-	rows, err := g.db.QueryContext(ctx, revocationCandidatesQuery, KindDelegate, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var open []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			t.Fatal(err)
-		}
-		open = append(open, id)
-	}
-	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
-		t.Fatal(err)
-	}
+	open := queryStrings(t, g, revocationCandidatesQuery, KindDelegate, "")
 	slices.Sort(open)
 	want := []string{idle.ex.ID, running.ex.ID}
 	slices.Sort(want)

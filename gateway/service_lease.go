@@ -210,13 +210,6 @@ func (s *Service) handleRevoke(w http.ResponseWriter, r *http.Request, c *caller
 	writeJSON(w, http.StatusOK, resp)
 }
 
-// Revoke revokes every open permitted execution in scope (ScopeExecution,
-// ScopeTask, ScopeAgent with a value; ScopeAll without), on behalf of
-// actor. The request is stored first; then each covered execution is
-// marked revoked, its watchers are told, and a revocation event is
-// appended to its chain. An error means some revocation events could not
-// be recorded; the executions are still marked revoked in memory, so no
-// lease of theirs is renewed.
 // revocationCandidatesQuery finds the open executions (through
 // etb_executions_open, without scanning the others), leaving out the
 // delegations (kind ?1) made before ?2, whose grants have expired.
@@ -224,6 +217,13 @@ const revocationCandidatesQuery = `SELECT id FROM etb_executions INDEXED BY etb_
 	WHERE decision IN ('permit', 'require_approval') AND outcome IN ('', 'running')
 	AND NOT (kind = ?1 AND time < ?2)`
 
+// Revoke revokes every open permitted execution in scope (ScopeExecution,
+// ScopeTask, ScopeAgent with a value; ScopeAll without), on behalf of
+// actor. The request is stored first; then each covered execution is
+// marked revoked, its watchers are told, and a revocation event is
+// appended to its chain. An error means some revocation events could not
+// be recorded; the executions are still marked revoked in memory, so no
+// lease of theirs is renewed.
 func (s *Service) Revoke(ctx context.Context, actor, scope, value string) (*RevokeResponse, error) {
 	rv := revocation{ID: action.NewID(s.now()), Actor: actor, Scope: scope, Value: value, Time: s.now()}
 	if _, err := s.g.db.ExecContext(ctx, `INSERT INTO etb_revocations(id, time, unix_nano, actor, scope, value) VALUES(?,?,?,?,?,?)`,

@@ -392,14 +392,15 @@ func TestTaskQueriesSearch(t *testing.T) {
 }
 
 // A home made when etb_tasks had full indexes on parent and root, and
-// etb_executions one on time, loses them when it is opened, and gains the
+// etb_executions one on time and none of open executions, loses them when
+// it is opened, and gains the
 // partial ones.
 func TestTaskIndexMigration(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	g := open(t, dir)
 	for _, q := range []string{
-		`DROP INDEX etb_tasks_children`, `DROP INDEX etb_executions_task`,
+		`DROP INDEX etb_tasks_children`, `DROP INDEX etb_executions_task`, `DROP INDEX etb_executions_open`,
 		`CREATE INDEX etb_tasks_parent ON etb_tasks(parent)`, `CREATE INDEX etb_tasks_root ON etb_tasks(root)`,
 		`CREATE INDEX etb_executions_time ON etb_executions(time)`,
 	} {
@@ -409,19 +410,7 @@ func TestTaskIndexMigration(t *testing.T) {
 	}
 	g.Close()
 	g = open(t, dir)
-	rows, err := g.db.QueryContext(ctx, `SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name IN ('etb_tasks', 'etb_executions') AND sql IS NOT NULL ORDER BY name`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var names []string
-	for rows.Next() {
-		var n string
-		if err := rows.Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		names = append(names, n)
-	}
+	names := queryStrings(t, g, `SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name IN ('etb_tasks', 'etb_executions') AND sql IS NOT NULL ORDER BY name`)
 	if want := []string{"etb_executions_open", "etb_executions_task", "etb_tasks_children"}; !slices.Equal(names, want) {
 		t.Fatalf("indexes after opening an old home: %v, want %v", names, want)
 	}
