@@ -392,9 +392,8 @@ func TestTaskQueriesSearch(t *testing.T) {
 }
 
 // A home made when etb_tasks had full indexes on parent and root, and
-// etb_executions one on time and none of open executions, loses them when
-// it is opened, and gains the
-// partial ones.
+// etb_executions one on time and none of its open executions, loses the
+// full ones when it is opened and gains the partial ones.
 func TestTaskIndexMigration(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
