@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -120,20 +121,7 @@ func session(t *testing.T, home, pol string, upstream ...string) *sdk.ClientSess
 func sessionWith(t *testing.T, home, pol string, copt *sdk.ClientOptions, upstream ...string) *sdk.ClientSession {
 	t.Helper()
 	args := append([]string{"--home", home, "mcp", "--policy", pol, "--"}, upstream...)
-	cmd := exec.Command(etbBin, args...)
-	stderr := &quietingWriter{t: t}
-	cmd.Stderr = stderr
-	// Cleanups run last registered first: etb's log stops reaching the
-	// test's only after the goroutine dump below had its second.
-	t.Cleanup(stderr.quiet)
-	t.Cleanup(func() {
-		// A test that failed while etb still ran gets etb's goroutines in
-		// its log (SIGQUIT: the Go runtime prints them to standard error
-		// and exits), to show where a call hung.
-		if t.Failed() && cmd.Process != nil && cmd.Process.Signal(syscall.SIGQUIT) == nil {
-			time.Sleep(time.Second)
-		}
-	})
+	cmd := etbCommand(t, args...)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	c := sdk.NewClient(&sdk.Implementation{Name: "etb-test-client", Version: "1"}, copt)
@@ -144,8 +132,32 @@ func sessionWith(t *testing.T, home, pol string, copt *sdk.ClientOptions, upstre
 	return cs
 }
 
-// quietingWriter is testWriter until quiet is called; then it drops what
-// it is given (a test's log must not be written after the test ends).
+// etbCommand is `etb args...` with its standard error in t's log until the
+// test ends. A test that fails while etb still runs first gets etb's
+// goroutines in its log (SIGQUIT: the Go runtime prints them to standard
+// error and exits), to show where a call hung.
+func etbCommand(t testing.TB, args ...string) *exec.Cmd {
+	cmd := exec.Command(etbBin, args...)
+	cmd.Stderr = logWriter(t)
+	// Cleanups run last registered first: the dump comes before
+	// logWriter's cleanup stops etb's log from reaching the test.
+	t.Cleanup(func() {
+		if t.Failed() && cmd.Process != nil && cmd.Process.Signal(syscall.SIGQUIT) == nil {
+			time.Sleep(time.Second)
+		}
+	})
+	return cmd
+}
+
+// logWriter writes what it is given to t's log, line by line as a child
+// process's standard error, until the test ends; then it drops it (a test's
+// log must not be written after the test).
+func logWriter(t testing.TB) io.Writer {
+	w := &quietingWriter{t: t}
+	t.Cleanup(w.quiet)
+	return w
+}
+
 type quietingWriter struct {
 	t    testing.TB
 	mu   sync.Mutex
@@ -165,13 +177,6 @@ func (w *quietingWriter) quiet() {
 	w.mu.Lock()
 	w.done = true
 	w.mu.Unlock()
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Logf("etb stderr: %s", strings.TrimRight(string(b), "\n"))
-	return len(b), nil
 }
 
 func writeFile(t *testing.T, path, content string) string {
@@ -508,8 +513,7 @@ rules:
     match: {kind: mcp.tool_call, name: [etb-pin-test/greet, etb-pin-test/swap]}
 `)
 	start := func() *sdk.ClientSession {
-		cmd := exec.Command(etbBin, "--home", home, "mcp", "--policy", pol, "--pins", pins, "--", self)
-		cmd.Stderr = testWriter{t}
+		cmd := etbCommand(t, "--home", home, "mcp", "--policy", pol, "--pins", pins, "--", self)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		cs, err := sdk.NewClient(&sdk.Implementation{Name: "etb-test-client", Version: "1"}, nil).Connect(ctx, &sdk.CommandTransport{Command: cmd}, nil)
@@ -606,7 +610,7 @@ func TestHTTPMode(t *testing.T) {
 	port, _ := strconv.Atoi(ps)
 	node := exec.Command(ev[0], ev[1], "streamableHttp")
 	node.Env = append(os.Environ(), "PORT="+strconv.Itoa(port))
-	node.Stderr = testWriter{t}
+	node.Stderr = logWriter(t)
 	node.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := node.Start(); err != nil {
 		t.Fatal(err)

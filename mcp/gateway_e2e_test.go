@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -94,8 +93,7 @@ func (s *served) mcpSessionWith(t testing.TB, id string, copt *sdk.ClientOptions
 	cert, key := s.identity(t, id)
 	args := append([]string{"--home", t.TempDir(), "mcp", "--gateway", "https://" + s.addr, "--cert", cert, "--key", key,
 		"--ca", filepath.Join(s.home, "ca", identity.CACertFile)}, extra...)
-	cmd := exec.Command(etbBin, append(append(args, "--"), upstream...)...)
-	cmd.Stderr = testWriter{t}
+	cmd := etbCommand(t, append(append(args, "--"), upstream...)...)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cs, err := sdk.NewClient(&sdk.Implementation{Name: "etb-test-client", Version: "1"}, copt).Connect(ctx, &sdk.CommandTransport{Command: cmd}, nil)
